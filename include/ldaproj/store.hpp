@@ -1,0 +1,141 @@
+// The SQLite store: clusters, questions, answers, embedding models,
+// embeddings, multi-head projections with their heads, and import batches.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ldaproj/matrix.hpp"
+
+namespace ldaproj {
+
+inline constexpr int kSchemaVersion = 1;
+
+struct Cluster {
+  std::int64_t id = 0;
+  std::string external_id;  // e.g. "csv_data_source"
+  std::string name;
+  std::string description;
+};
+
+struct Question {
+  std::int64_t id = 0;
+  std::int64_t cluster_id = 0;
+  std::string text;
+  std::string length_type;  // "short", "medium", "long" or "" when unknown
+};
+
+struct Answer {
+  std::int64_t id = 0;
+  std::int64_t cluster_id = 0;
+  std::string text;
+  std::string variant;  // "default" or an embedding model's name
+};
+
+struct EmbeddingModel {
+  std::int64_t id = 0;
+  std::string name;
+  std::size_t dim = 0;
+};
+
+enum class EntityKind { Question, Answer };
+
+// Texts that have no embedding yet for a model, in id order.
+struct PendingText {
+  std::int64_t id = 0;
+  std::string text;
+};
+
+// Embeddings of one kind for one model: ids[i] is the entity of vectors.row(i).
+struct EmbeddingSet {
+  std::vector<std::int64_t> ids;
+  Matrix vectors;
+};
+
+struct Head {
+  std::int64_t cluster_id = 0;
+  std::vector<float> centroid;  // unit length
+  std::vector<float> answer;    // unit length
+  std::int64_t num_questions = 0;
+};
+
+struct Projection {
+  std::int64_t id = 0;
+  std::string name;
+  std::string model;  // embedding model name
+  float temperature = 0.1f;
+  std::string centroid_method;  // "mean" or "reweighted"
+  std::string metrics_json;     // free-form JSON object, "{}" when none
+  std::string created_at;       // ISO-8601 UTC
+  bool active = false;
+  std::vector<Head> heads;      // filled by load_projection only
+};
+
+struct ImportBatch {
+  std::int64_t id = 0;
+  std::string file;  // absolute path as given at import time
+  std::string sha256;
+  std::string status;  // "imported"
+  std::string imported_at;
+};
+
+struct StoreStats {
+  std::int64_t clusters = 0, questions = 0, answers = 0, batches = 0;
+  std::vector<std::pair<std::string, std::int64_t>> embeddings_per_model;
+  std::vector<Projection> projections;  // without heads
+  int schema_version = 0;
+};
+
+class Store {
+ public:
+  // Opens (creating if absent) and migrates to kSchemaVersion. WAL mode,
+  // foreign keys on. Throws InputError for a database from a newer schema or a
+  // file that is not an ldaproj database.
+  static Store open(const std::filesystem::path& db_path);
+  // Opens an existing database read-only (no migration; an older schema is an error).
+  static Store open_read_only(const std::filesystem::path& db_path);
+
+  std::vector<Cluster> clusters() const;
+  std::vector<Question> questions() const;
+  std::vector<Answer> answers() const;
+
+  // Registers the model or returns the existing id; InputError when the name
+  // exists with another dimension.
+  std::int64_t ensure_model(const std::string& name, std::size_t dim);
+  std::optional<EmbeddingModel> find_model(const std::string& name) const;
+
+  std::vector<PendingText> missing_embeddings(std::int64_t model_id, EntityKind kind) const;
+  // One transaction; rows of `vectors` must have the model's dimension and be finite.
+  void put_embeddings(std::int64_t model_id, EntityKind kind,
+                      const std::vector<std::int64_t>& ids, const Matrix& vectors);
+  EmbeddingSet embeddings(std::int64_t model_id, EntityKind kind) const;
+
+  // Stores the projection and its heads and makes it the active one for its
+  // model, all in one transaction. Returns its id. A projection with the same
+  // name is replaced.
+  std::int64_t save_projection(const Projection& projection);
+  // The named projection, or the active one when name is empty; nullopt if none.
+  std::optional<Projection> load_projection(const std::string& name = {}) const;
+  std::vector<Projection> projections() const;  // without heads
+
+  std::vector<ImportBatch> batches() const;
+  StoreStats stats() const;
+
+  const std::filesystem::path& path() const;
+
+  Store(Store&&) noexcept;
+  Store& operator=(Store&&) noexcept;
+  ~Store();
+
+  struct Impl;
+  Impl& impl() const;  // for the importer (src/store) only
+
+ private:
+  explicit Store(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ldaproj
