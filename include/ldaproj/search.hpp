@@ -1,0 +1,75 @@
+// Answering queries from a trained store by any method: the multi-head
+// teacher, the direct cosine baseline or the global-W baseline.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ldaproj/matrix.hpp"
+#include "ldaproj/store.hpp"
+
+namespace ldaproj {
+
+enum class Method { MultiHead, Direct, GlobalW };
+std::string_view to_string(Method method);  // "multi-head", "direct", "global-w"
+Method parse_method(std::string_view name);  // accepts - or _; InputError otherwise
+inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead};
+
+struct RankedAnswer {
+  std::int64_t cluster_id = 0;
+  std::string cluster;  // external id
+  std::int64_t answer_id = 0;
+  std::string text;
+  float score = 0.0f;  // cosine between the (projected) query and the answer
+};
+
+struct RoutingEntry {
+  std::int64_t cluster_id = 0;
+  std::string cluster;  // external id
+  float weight = 0.0f;
+  float similarity = 0.0f;  // cosine to the head's centroid
+};
+
+struct SearchOptions {
+  Method method = Method::MultiHead;
+  std::size_t top_k = 5;
+  std::optional<float> temperature;  // default: the projection's own
+  std::size_t routing_top = 0;       // > 0: return that many top heads (multi-head)
+};
+
+struct QueryResult {
+  std::vector<RankedAnswer> answers;  // best first, one per cluster
+  std::vector<RoutingEntry> routing;  // heaviest first
+};
+
+class Searcher {
+ public:
+  // Loads the named projection (or the active one) with its heads, the answer
+  // corpus and, lazily, what global-W needs (so `store` must outlive the
+  // Searcher). InputError when nothing is trained.
+  static Searcher load(const Store& store, const std::string& projection_name = {});
+
+  // One result per query row (embeddings from the projection's model).
+  std::vector<QueryResult> search(const Matrix& query_embeddings,
+                                  const SearchOptions& options) const;
+
+  const std::string& model_name() const;
+  const std::string& projection_name() const;
+  float temperature() const;
+  std::size_t num_heads() const;
+  std::size_t num_answers() const;
+
+  Searcher(Searcher&&) noexcept;
+  Searcher& operator=(Searcher&&) noexcept;
+  ~Searcher();
+
+ private:
+  struct Impl;
+  explicit Searcher(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ldaproj

@@ -1,0 +1,53 @@
+// Exact inner-product search: the answer corpus search for small and medium
+// corpora, and the reference that approximate indexes are measured against.
+#include <algorithm>
+#include <string>
+
+#include "common/gemm.hpp"
+#include "ldaproj/error.hpp"
+#include "ldaproj/index.hpp"
+
+namespace ldaproj {
+
+void FlatIndex::add(const Matrix& vectors, const std::vector<std::int64_t>& labels) {
+  if (vectors.rows != labels.size()) {
+    throw InputError("index add: " + std::to_string(vectors.rows) + " vectors but " +
+                     std::to_string(labels.size()) + " labels");
+  }
+  if (vectors.rows == 0) return;
+  if (dim_ == 0) dim_ = vectors.cols;
+  if (vectors.cols != dim_) {
+    throw InputError("index add: vectors have dimension " + std::to_string(vectors.cols) +
+                     ", index has " + std::to_string(dim_));
+  }
+  vectors_.cols = dim_;
+  vectors_.rows += vectors.rows;
+  vectors_.data.insert(vectors_.data.end(), vectors.data.begin(), vectors.data.end());
+  labels_.insert(labels_.end(), labels.begin(), labels.end());
+}
+
+std::vector<std::vector<Hit>> FlatIndex::search(const Matrix& queries, std::size_t k) const {
+  std::vector<std::vector<Hit>> results(queries.rows);
+  if (queries.rows == 0 || labels_.empty() || k == 0) return results;
+  if (queries.cols != dim_) {
+    throw InputError("index search: queries have dimension " + std::to_string(queries.cols) +
+                     ", index has " + std::to_string(dim_));
+  }
+  Matrix scores;
+  detail::gemm_abt(queries, vectors_, scores);
+  const std::size_t take = std::min(k, labels_.size());
+  std::vector<std::size_t> order(labels_.size());
+  for (std::size_t q = 0; q < queries.rows; ++q) {
+    const float* s = scores.row(q);
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(take),
+                      order.end(), [s](std::size_t a, std::size_t b) {
+                        return s[a] > s[b] || (s[a] == s[b] && a < b);
+                      });
+    results[q].reserve(take);
+    for (std::size_t i = 0; i < take; ++i) results[q].push_back({labels_[order[i]], s[order[i]]});
+  }
+  return results;
+}
+
+}  // namespace ldaproj

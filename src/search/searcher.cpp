@@ -1,0 +1,199 @@
+// Loads a trained projection and the answer corpus from the store and answers
+// query embeddings by any method (multi-head, direct, global-w).
+#include <algorithm>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "ldaproj/error.hpp"
+#include "ldaproj/index.hpp"
+#include "ldaproj/search.hpp"
+#include "ldaproj/teacher.hpp"
+
+namespace ldaproj {
+
+std::string_view to_string(Method method) {
+  switch (method) {
+    case Method::MultiHead: return "multi-head";
+    case Method::Direct: return "direct";
+    case Method::GlobalW: return "global-w";
+  }
+  return "?";
+}
+
+Method parse_method(std::string_view name) {
+  std::string n(name);
+  std::replace(n.begin(), n.end(), '_', '-');
+  if (n == "multi-head" || n == "multihead") return Method::MultiHead;
+  if (n == "direct") return Method::Direct;
+  if (n == "global-w") return Method::GlobalW;
+  throw InputError("unknown method \"" + std::string(name) +
+                   "\"; expected multi-head, direct or global-w");
+}
+
+struct Searcher::Impl {
+  std::string projection_name;
+  std::string model_name;
+  std::vector<std::int64_t> head_clusters;  // head index -> cluster id
+  MultiHeadProjection teacher;
+  FlatIndex answer_index;
+  std::vector<Answer> answers;  // index label -> answer
+  std::size_t max_answers_per_cluster = 1;
+  std::unordered_map<std::int64_t, std::string> cluster_names;
+
+  // global-w is fitted on first use: it needs every question embedding.
+  const Store* store = nullptr;
+  std::int64_t model_id = 0;
+  mutable std::once_flag global_once;
+  mutable GlobalProjection global;
+  mutable std::string global_error;
+
+  const GlobalProjection& global_w() const {
+    std::call_once(global_once, [this] {
+      const EmbeddingSet q = store->embeddings(model_id, EntityKind::Question);
+      std::unordered_map<std::int64_t, std::size_t> row;
+      for (std::size_t i = 0; i < q.ids.size(); ++i) row.emplace(q.ids[i], i);
+      std::unordered_map<std::int64_t, std::size_t> head_of;
+      for (std::size_t h = 0; h < head_clusters.size(); ++h) head_of.emplace(head_clusters[h], h);
+      std::vector<std::pair<std::size_t, std::size_t>> pairs;  // (question row, head)
+      for (const Question& question : store->questions()) {
+        auto r = row.find(question.id);
+        auto h = head_of.find(question.cluster_id);
+        if (r != row.end() && h != head_of.end()) pairs.emplace_back(r->second, h->second);
+      }
+      Matrix residuals(pairs.size(), teacher.dim());
+      for (std::size_t i = 0; i < pairs.size(); ++i) {
+        Matrix one(1, teacher.dim());
+        std::copy(q.vectors.row(pairs[i].first), q.vectors.row(pairs[i].first) + one.cols, one.row(0));
+        normalize_rows(one, "question embedding");
+        const float* c = teacher.centroids().row(pairs[i].second);
+        for (std::size_t j = 0; j < one.cols; ++j) residuals(i, j) = one(0, j) - c[j];
+      }
+      global = GlobalProjection::fit(teacher.centroids(), teacher.answers(), residuals);
+    });
+    return global;
+  }
+};
+
+Searcher::Searcher(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Searcher::Searcher(Searcher&&) noexcept = default;
+Searcher& Searcher::operator=(Searcher&&) noexcept = default;
+Searcher::~Searcher() = default;
+
+Searcher Searcher::load(const Store& store, const std::string& projection_name) {
+  auto projection = store.load_projection(projection_name);
+  if (!projection) {
+    throw InputError(projection_name.empty()
+                         ? "no trained projection in " + store.path().string() +
+                               "; run `ldaproj train --db " + store.path().string() + "` first"
+                         : "no projection named \"" + projection_name + "\" in " +
+                               store.path().string());
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->projection_name = projection->name;
+  impl->model_name = projection->model;
+  impl->store = &store;
+  const auto model = store.find_model(projection->model);
+  if (!model) throw Error("projection refers to unknown model " + projection->model);
+  impl->model_id = model->id;
+
+  const std::size_t dim = model->dim;
+  Matrix centroids(projection->heads.size(), dim), answers(projection->heads.size(), dim);
+  for (std::size_t h = 0; h < projection->heads.size(); ++h) {
+    const Head& head = projection->heads[h];
+    if (head.centroid.size() != dim || head.answer.size() != dim) {
+      throw Error("head " + std::to_string(h) + " of projection " + projection->name +
+                  " has the wrong dimension");
+    }
+    std::copy(head.centroid.begin(), head.centroid.end(), centroids.row(h));
+    std::copy(head.answer.begin(), head.answer.end(), answers.row(h));
+    impl->head_clusters.push_back(head.cluster_id);
+  }
+  impl->teacher = MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature);
+
+  for (const Cluster& c : store.clusters()) impl->cluster_names.emplace(c.id, c.external_id);
+
+  const EmbeddingSet a_emb = store.embeddings(model->id, EntityKind::Answer);
+  std::unordered_map<std::int64_t, std::size_t> a_row;
+  for (std::size_t i = 0; i < a_emb.ids.size(); ++i) a_row.emplace(a_emb.ids[i], i);
+  std::unordered_map<std::int64_t, std::size_t> per_cluster;
+  Matrix corpus(0, dim);
+  std::vector<std::int64_t> labels;
+  for (Answer& a : store.answers()) {
+    auto it = a_row.find(a.id);
+    if (it == a_row.end()) continue;
+    corpus.data.insert(corpus.data.end(), a_emb.vectors.row(it->second),
+                       a_emb.vectors.row(it->second) + dim);
+    ++corpus.rows;
+    labels.push_back(static_cast<std::int64_t>(impl->answers.size()));
+    impl->max_answers_per_cluster = std::max(impl->max_answers_per_cluster, ++per_cluster[a.cluster_id]);
+    impl->answers.push_back(std::move(a));
+  }
+  if (corpus.rows == 0) throw InputError("no answer has an embedding; run `ldaproj embed` first");
+  normalize_rows(corpus, "answer embedding");
+  impl->answer_index = FlatIndex(dim);
+  impl->answer_index.add(corpus, labels);
+  return Searcher(std::move(impl));
+}
+
+std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOptions& options) const {
+  const Impl& s = *impl_;
+  const float temperature = options.temperature.value_or(s.teacher.temperature());
+  Matrix projected;
+  Matrix weights;
+  switch (options.method) {
+    case Method::Direct:
+      projected = queries;
+      normalize_rows(projected, "query");
+      break;
+    case Method::MultiHead:
+      projected = s.teacher.project(queries, temperature, &weights);
+      break;
+    case Method::GlobalW:
+      projected = s.global_w().project(queries);
+      break;
+  }
+  if (projected.cols != s.teacher.dim()) {
+    throw InputError("query embeddings have dimension " + std::to_string(projected.cols) +
+                     ", the store's model has " + std::to_string(s.teacher.dim()));
+  }
+  // Ask for enough answers that top_k distinct clusters survive de-duplication.
+  const auto hits = s.answer_index.search(projected, options.top_k * s.max_answers_per_cluster);
+  std::vector<QueryResult> results(queries.rows);
+  Matrix similarity;
+  if (options.method == Method::MultiHead && options.routing_top > 0) {
+    similarity = s.teacher.route_scores(queries);
+  }
+  for (std::size_t q = 0; q < queries.rows; ++q) {
+    std::unordered_set<std::int64_t> seen;
+    for (const Hit& hit : hits[q]) {
+      const Answer& a = s.answers[static_cast<std::size_t>(hit.label)];
+      if (!seen.insert(a.cluster_id).second) continue;
+      results[q].answers.push_back({a.cluster_id, s.cluster_names.at(a.cluster_id), a.id, a.text, hit.score});
+      if (results[q].answers.size() == options.top_k) break;
+    }
+    if (similarity.rows > 0) {
+      const float* w = weights.row(q);
+      std::vector<std::size_t> order(weights.cols);
+      std::iota(order.begin(), order.end(), 0);
+      const std::size_t take = std::min(options.routing_top, order.size());
+      std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(take), order.end(),
+                        [w](std::size_t a, std::size_t b) { return w[a] > w[b]; });
+      for (std::size_t i = 0; i < take; ++i) {
+        const std::int64_t cid = s.head_clusters[order[i]];
+        results[q].routing.push_back({cid, s.cluster_names.at(cid), w[order[i]], similarity(q, order[i])});
+      }
+    }
+  }
+  return results;
+}
+
+const std::string& Searcher::model_name() const { return impl_->model_name; }
+const std::string& Searcher::projection_name() const { return impl_->projection_name; }
+float Searcher::temperature() const { return impl_->teacher.temperature(); }
+std::size_t Searcher::num_heads() const { return impl_->teacher.num_heads(); }
+std::size_t Searcher::num_answers() const { return impl_->answers.size(); }
+
+}  // namespace ldaproj
