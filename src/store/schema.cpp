@@ -151,6 +151,8 @@ void check_compatible(sqlite3* db, const std::filesystem::path& path) {
 }
 
 int migrate(sqlite3* db, const std::filesystem::path& path) {
+  // Up to date: no write lock needed (a writer elsewhere must not block opens).
+  if (user_version(db) >= kMigrations.back().version) return 0;
   int applied = 0;
   for (const Migration& migration : kMigrations) {
     sqlite::Transaction transaction(db, sqlite::Transaction::Kind::Write);

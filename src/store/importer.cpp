@@ -1,0 +1,601 @@
+// Importing Q-A cluster files into the store (include/ldaproj/importer.hpp):
+// format detection, validation of the whole file before anything is written,
+// SHA-256 batch tracking and the one-transaction write of a file's rows.
+//
+// Decisions, in short:
+// - A batch is keyed by the file's absolute, lexically normalised path. The
+//   same content under another path is another batch (its rows are added
+//   again); the same path with new content replaces that batch's rows.
+// - On an update, rows that are identical in the old and new file (same
+//   cluster, text and length/variant) keep their ids, so their embeddings
+//   survive; only added rows need `ldaproj embed` again.
+// - Original format: every cluster needs questions and an answer. JSON Lines:
+//   a cluster may get its answer (or its questions) from another file, so only
+//   a cluster that ends up with no question and no answer at all is an error.
+// - Cluster name/description: a non-empty value from the newest import wins;
+//   an absent one keeps what the store had. JSON Lines records may carry
+//   "name"/"description" next to a question or answer, or alone in a record
+//   {"cluster":..., "name":..., "description":...}; such a record must name a
+//   cluster that has questions or answers (in this file or the store).
+// - JSON Lines answers without "variant" are "default"; a cluster may give
+//   each variant once per file. "length" may be any string or absent ("").
+// - Original format: query groups other than short/medium/long are imported
+//   with their group name as length type, except "novel" (held-out test
+//   queries), which is skipped entirely.
+// - Texts are stored verbatim; blank ones are refused.
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "ldaproj/error.hpp"
+#include "ldaproj/importer.hpp"
+#include "store/sqlite.hpp"
+#include "store/store_impl.hpp"
+
+namespace ldaproj {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::ordered_json;
+
+namespace {
+
+// Query groups under this name are held-out test queries in the original
+// project's files; importing them would leak test data into training.
+constexpr std::string_view kHeldOutGroup = "novel";
+
+struct ParsedQuestion {
+  std::string text;
+  std::string length_type;
+};
+
+struct ParsedAnswer {
+  std::string text;
+  std::string variant;
+};
+
+struct ParsedCluster {
+  std::string external_id;
+  std::string name;         // empty: not given
+  std::string description;  // empty: not given
+  std::vector<ParsedQuestion> questions;
+  std::vector<ParsedAnswer> answers;
+  std::string where;  // the record that introduced it, for later errors
+};
+
+struct ParsedFile {
+  std::vector<ParsedCluster> clusters;
+  std::int64_t questions = 0;
+  std::int64_t answers = 0;
+};
+
+[[noreturn]] void fail(const std::string& file, const std::string& where, const std::string& message) {
+  throw InputError(file + ": " + (where.empty() ? "" : where + ": ") + message);
+}
+
+// A JSON-quoted, shortened rendering of user text for messages.
+std::string json_quoted(std::string_view text) {
+  constexpr std::size_t kMax = 60;
+  const bool cut = text.size() > kMax;
+  std::string shown(text.substr(0, kMax));
+  std::string rendered = Json(shown).dump(-1, ' ', false, Json::error_handler_t::replace);
+  if (cut) rendered.insert(rendered.size() - 1, "...");
+  return rendered;
+}
+
+bool is_blank(std::string_view text) {
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; });
+}
+
+std::string field_error(const std::string& field, const std::string& message) {
+  return "field \"" + field + "\": " + message;
+}
+
+std::string expected(const char* what, const Json& got) {
+  return std::string("expected ") + what + ", got " + got.type_name();
+}
+
+// Offset of the first byte that is not well-formed UTF-8 (overlong forms,
+// surrogates and code points past U+10FFFF included), or nullopt.
+std::optional<std::size_t> first_invalid_utf8(std::string_view text) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t size = text.size();
+  std::size_t i = 0;
+  while (i < size) {
+    const unsigned char lead = bytes[i];
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t length = 0;
+    unsigned char min_second = 0x80, max_second = 0xBF;
+    if (lead >= 0xC2 && lead <= 0xDF) {
+      length = 2;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      length = 3;
+      if (lead == 0xE0) min_second = 0xA0;  // overlong
+      if (lead == 0xED) max_second = 0x9F;  // surrogates
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      length = 4;
+      if (lead == 0xF0) min_second = 0x90;  // overlong
+      if (lead == 0xF4) max_second = 0x8F;  // past U+10FFFF
+    } else {
+      return i;
+    }
+    if (i + length > size) return i;
+    if (bytes[i + 1] < min_second || bytes[i + 1] > max_second) return i;
+    for (std::size_t k = 2; k < length; ++k) {
+      if (bytes[i + k] < 0x80 || bytes[i + k] > 0xBF) return i;
+    }
+    i += length;
+  }
+  return std::nullopt;
+}
+
+struct LineColumn {
+  std::size_t line = 1;
+  std::size_t column = 1;
+};
+
+LineColumn line_column_at(std::string_view text, std::size_t offset) {
+  offset = std::min(offset, text.size());
+  LineColumn position;
+  std::size_t line_start = 0;
+  for (std::size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++position.line;
+      line_start = i + 1;
+    }
+  }
+  position.column = offset - line_start + 1;
+  return position;
+}
+
+// nlohmann's message minus its "[json.exception...] parse error at ...:" prefix.
+std::string parse_error_reason(const Json::parse_error& error) {
+  std::string what = error.what();
+  const std::size_t anchor = what.find("parse error");
+  const std::size_t colon = what.find(": ", anchor == std::string::npos ? 0 : anchor);
+  std::string reason = colon == std::string::npos ? what : what.substr(colon + 2);
+  constexpr std::size_t kMax = 200;
+  if (reason.size() > kMax) reason = reason.substr(0, kMax) + "...";
+  return reason;
+}
+
+// Where a parse error happened inside `text` (parsed from its start).
+std::size_t parse_error_offset(const Json::parse_error& error, std::size_t text_size) {
+  // `byte` counts characters read, so the offending one is at byte - 1.
+  const std::size_t read = error.byte == 0 ? 0 : error.byte - 1;
+  return std::min(read, text_size);
+}
+
+std::string sha256_hex(std::string_view bytes) {
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_size = 0;
+  if (!context || EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr) != 1 ||
+      EVP_DigestUpdate(context.get(), bytes.data(), bytes.size()) != 1 ||
+      EVP_DigestFinal_ex(context.get(), digest, &digest_size) != 1) {
+    throw Error("computing SHA-256 failed (OpenSSL)");
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(digest_size * 2);
+  for (unsigned int i = 0; i < digest_size; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 0x0f]);
+  }
+  return hex;
+}
+
+std::string read_whole_file(const fs::path& file) {
+  std::error_code ec;
+  if (fs::is_directory(file, ec)) {
+    throw InputError(file.string() + ": is a directory; give a .json or .jsonl file to import");
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw InputError("cannot read " + file.string() + ": " + std::strerror(errno));
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  if (in.bad()) throw InputError("cannot read " + file.string() + ": read error");
+  return std::move(buffer).str();
+}
+
+// A string member that may be absent or null; "" then.
+std::string optional_string(const Json& object, const char* key, const std::string& file,
+                            const std::string& where, const std::string& field_prefix = {}) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return {};
+  if (!it->is_string()) fail(file, where, field_error(field_prefix + key, expected("a string", *it)));
+  return it->get<std::string>();
+}
+
+// A string member that must be present and not blank.
+std::string required_text(const Json& value, const std::string& field, const std::string& file,
+                          const std::string& where) {
+  if (!value.is_string()) fail(file, where, field_error(field, expected("a string", value)));
+  std::string text = value.get<std::string>();
+  if (is_blank(text)) fail(file, where, field_error(field, "is empty; remove the entry or give it text"));
+  return text;
+}
+
+ParsedFile parse_original(const Json& root, const std::string& file) {
+  const Json& clusters = root.at("clusters");
+  if (!clusters.is_array()) fail(file, "", field_error("clusters", expected("an array", clusters)));
+  ParsedFile parsed;
+  std::unordered_map<std::string, std::size_t> ordinal_of;  // external id -> cluster #
+  for (std::size_t i = 0; i < clusters.size(); ++i) {
+    const Json& entry = clusters[i];
+    std::string where = "cluster #" + std::to_string(i + 1);
+    if (!entry.is_object()) fail(file, where, expected("an object", entry));
+    const auto id_it = entry.find("id");
+    if (id_it == entry.end()) {
+      fail(file, where, field_error("id", "missing; every cluster needs a string \"id\" such as \"csv_data_source\""));
+    }
+    ParsedCluster cluster;
+    cluster.external_id = required_text(*id_it, "id", file, where);
+    where += " (" + json_quoted(cluster.external_id) + ")";
+    const auto [seen, inserted] = ordinal_of.emplace(cluster.external_id, i + 1);
+    if (!inserted) {
+      fail(file, where, "duplicate cluster id, also used by cluster #" + std::to_string(seen->second) +
+                            "; merge the two or rename one");
+    }
+    cluster.where = where;
+    cluster.name = optional_string(entry, "name", file, where);
+    cluster.description = optional_string(entry, "description", file, where);
+
+    if (const auto answers = entry.find("answers"); answers != entry.end() && !answers->is_null()) {
+      if (!answers->is_object()) {
+        fail(file, where, field_error("answers", expected("an object such as {\"default\": \"...\"}", *answers)));
+      }
+      for (const auto& [variant, text] : answers->items()) {
+        const std::string field = "answers." + variant;
+        if (is_blank(variant)) fail(file, where, field_error(field, "empty variant name; use \"default\""));
+        cluster.answers.push_back({required_text(text, field, file, where), variant});
+      }
+    }
+    if (const auto queries = entry.find("queries"); queries != entry.end() && !queries->is_null()) {
+      if (!queries->is_object()) {
+        fail(file, where,
+             field_error("queries", expected("an object such as {\"short\": [\"...\"]}", *queries)));
+      }
+      for (const auto& [group, list] : queries->items()) {
+        if (group == kHeldOutGroup) continue;
+        const std::string field = "queries." + group;
+        if (is_blank(group)) fail(file, where, field_error(field, "empty group name; use short, medium or long"));
+        if (!list.is_array()) fail(file, where, field_error(field, expected("an array of strings", list)));
+        for (std::size_t k = 0; k < list.size(); ++k) {
+          cluster.questions.push_back(
+              {required_text(list[k], field + "[" + std::to_string(k) + "]", file, where), group});
+        }
+      }
+    }
+    if (cluster.questions.empty()) {
+      fail(file, where,
+           "no questions; field \"queries\" needs at least one non-empty group such as \"short\" "
+           "(\"novel\" queries are held out and not imported)");
+    }
+    if (cluster.answers.empty()) {
+      fail(file, where, "no answer; field \"answers\" needs at least {\"default\": \"...\"}");
+    }
+    parsed.questions += static_cast<std::int64_t>(cluster.questions.size());
+    parsed.answers += static_cast<std::int64_t>(cluster.answers.size());
+    parsed.clusters.push_back(std::move(cluster));
+  }
+  return parsed;
+}
+
+// `text` is the whole file; `start` skips a byte-order mark. Lines are
+// numbered from the start of the file.
+ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std::string& file) {
+  ParsedFile parsed;
+  std::unordered_map<std::string, std::size_t> index_of;
+  // Per cluster, the line of each answer variant and of its name/description,
+  // to reject a file that says two different things about the same cluster.
+  struct SeenLines {
+    std::map<std::string, std::size_t> variants;
+    std::map<std::string, std::size_t> metadata;
+  };
+  std::vector<SeenLines> seen_per_cluster;
+  std::size_t line_number = 0;
+  std::size_t position = 0;
+  while (position < text.size()) {
+    std::size_t end = text.find('\n', position);
+    if (end == std::string_view::npos) end = text.size();
+    const std::size_t line_begin = line_number == 0 ? std::max(position, start) : position;
+    const std::string_view line = text.substr(line_begin, end - line_begin);
+    position = end + 1;
+    ++line_number;
+    if (is_blank(line)) continue;
+
+    const std::string at_line = "line " + std::to_string(line_number);
+    Json record;
+    try {
+      record = Json::parse(line);
+    } catch (const Json::parse_error& error) {
+      const std::size_t offset = parse_error_offset(error, line.size());
+      fail(file, at_line + ", column " + std::to_string(offset + 1),
+           "invalid JSON: " + parse_error_reason(error) + " (JSON Lines needs one complete object per line)");
+    }
+    if (!record.is_object()) fail(file, at_line, expected("a JSON object", record));
+    const auto cluster_it = record.find("cluster");
+    if (cluster_it == record.end()) {
+      fail(file, at_line, field_error("cluster", "missing; every record needs the \"cluster\" id it belongs to"));
+    }
+    const std::string external_id = required_text(*cluster_it, "cluster", file, at_line);
+    const std::string where = at_line + " (cluster " + json_quoted(external_id) + ")";
+
+    auto [found, created] = index_of.emplace(external_id, parsed.clusters.size());
+    if (created) {
+      ParsedCluster cluster;
+      cluster.external_id = external_id;
+      cluster.where = where;
+      parsed.clusters.push_back(std::move(cluster));
+      seen_per_cluster.emplace_back();
+    }
+    ParsedCluster& cluster = parsed.clusters[found->second];
+    auto& seen_lines = seen_per_cluster[found->second];
+
+    const bool has_question = record.contains("question");
+    const bool has_answer = record.contains("answer");
+    for (const char* key : {"name", "description"}) {
+      const std::string value = optional_string(record, key, file, where);
+      if (value.empty()) continue;
+      std::string& target = std::string_view(key) == "name" ? cluster.name : cluster.description;
+      if (!target.empty() && target != value) {
+        fail(file, where, field_error(key, "differs from the " + std::string(key) + " given at line " +
+                                               std::to_string(seen_lines.metadata[key]) +
+                                               "; give one value per cluster"));
+      }
+      target = value;
+      seen_lines.metadata.emplace(key, line_number);
+    }
+    if (has_question && has_answer) {
+      fail(file, where, "a record holds either \"question\" or \"answer\", not both; split it into two lines");
+    }
+    if (has_question) {
+      std::string question = required_text(record.at("question"), "question", file, where);
+      cluster.questions.push_back({std::move(question), optional_string(record, "length", file, where)});
+      ++parsed.questions;
+    } else if (has_answer) {
+      std::string answer = required_text(record.at("answer"), "answer", file, where);
+      std::string variant = "default";
+      if (const auto it = record.find("variant"); it != record.end() && !it->is_null()) {
+        variant = required_text(*it, "variant", file, where);
+      }
+      const auto [previous, fresh] = seen_lines.variants.emplace(variant, line_number);
+      if (!fresh) {
+        fail(file, where, field_error("variant", "cluster already has a " + json_quoted(variant) + " answer at line " +
+                                                     std::to_string(previous->second) +
+                                                     "; give each variant once"));
+      }
+      cluster.answers.push_back({std::move(answer), std::move(variant)});
+      ++parsed.answers;
+    } else if (!record.contains("name") && !record.contains("description")) {
+      fail(file, where,
+           "the record has none of \"question\", \"answer\", \"name\" or \"description\"; "
+           "expected {\"cluster\":..., \"question\":...} or {\"cluster\":..., \"answer\":...}");
+    }
+  }
+  return parsed;
+}
+
+ParsedFile parse_content(std::string_view bytes, const std::string& file) {
+  if (const auto bad = first_invalid_utf8(bytes)) {
+    const LineColumn at = line_column_at(bytes, *bad);
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned>(static_cast<unsigned char>(bytes[*bad])));
+    fail(file, "byte " + std::to_string(*bad) + " (line " + std::to_string(at.line) + ")",
+         std::string("invalid UTF-8 (") + hex + "); save the file as UTF-8");
+  }
+  const std::size_t start = bytes.starts_with("\xEF\xBB\xBF") ? 3 : 0;
+  const std::string_view body = bytes.substr(start);
+  if (is_blank(body)) {
+    fail(file, "", "the file is empty; expected a JSON object with \"clusters\" or JSON Lines records");
+  }
+
+  std::optional<Json> whole;
+  std::string whole_reason;
+  std::size_t whole_offset = 0;
+  try {
+    whole = Json::parse(body);
+  } catch (const Json::parse_error& error) {
+    whole_reason = parse_error_reason(error);
+    whole_offset = parse_error_offset(error, body.size());
+  }
+  if (whole) {
+    if (whole->is_object() && whole->contains("clusters")) return parse_original(*whole, file);
+    if (whole->is_object() && whole->contains("cluster")) return parse_json_lines(bytes, start, file);
+    fail(file, "",
+         "expected a JSON object with a \"clusters\" array (original format) or JSON Lines records with a "
+         "\"cluster\" field; got " +
+             std::string(whole->is_object() ? "an object with neither" : whole->type_name()));
+  }
+  // Not one JSON document: JSON Lines if its first record parses on its own.
+  const std::size_t first = body.find_first_not_of(" \t\r\n\f\v");
+  std::size_t first_end = body.find('\n', first);
+  if (first_end == std::string_view::npos) first_end = body.size();
+  // A first line holding "clusters" is an original-format file with junk
+  // after it: report the document's own syntax error then.
+  const std::string_view first_line = body.substr(first, first_end - first);
+  if (Json::accept(first_line)) {
+    const Json record = Json::parse(first_line);
+    if (record.is_object() && !record.contains("clusters")) return parse_json_lines(bytes, start, file);
+  }
+  const LineColumn at = line_column_at(bytes, start + whole_offset);
+  std::string reason = whole_reason;
+  if (reason.find("end of input") != std::string::npos) reason += " (is the file truncated?)";
+  fail(file, "line " + std::to_string(at.line) + ", column " + std::to_string(at.column), "invalid JSON: " + reason);
+}
+
+// Rows of the previous version of a batch, by content, for reuse on update.
+using ReusableRows = std::map<std::tuple<std::int64_t, std::string, std::string>, std::vector<std::int64_t>>;
+
+ReusableRows existing_rows(sqlite3* db, const char* table, const char* kind_column,
+                                           std::int64_t batch_id) {
+  sqlite::Statement select(db, std::string("SELECT id, cluster_id, text, ") + kind_column + " FROM " + table +
+                                   " WHERE batch_id = ?1 ORDER BY id");
+  select.bind(1, batch_id);
+  ReusableRows rows;
+  while (select.step()) {
+    rows[{select.column_int(1), select.column_text(2), select.column_text(3)}].push_back(select.column_int(0));
+  }
+  // Hand out the oldest id first so re-imports keep the original order.
+  for (auto& [key, ids] : rows) std::reverse(ids.begin(), ids.end());
+  return rows;
+}
+
+struct RowToWrite {
+  std::int64_t cluster_id;
+  const std::string* text;
+  const std::string* kind;
+};
+
+// Keeps rows whose content is unchanged, inserts new ones, deletes the rest.
+void replace_rows(sqlite3* db, const char* table, const char* kind_column, std::int64_t batch_id,
+                  const std::vector<RowToWrite>& rows) {
+  auto reusable = existing_rows(db, table, kind_column, batch_id);
+  sqlite::Statement insert(db, std::string("INSERT INTO ") + table + "(cluster_id, text, " + kind_column +
+                                   ", batch_id) VALUES (?1, ?2, ?3, ?4)");
+  for (const RowToWrite& row : rows) {
+    const auto it = reusable.find({row.cluster_id, *row.text, *row.kind});
+    if (it != reusable.end() && !it->second.empty()) {
+      it->second.pop_back();
+      continue;
+    }
+    insert.reset();
+    insert.bind(1, row.cluster_id).bind(2, *row.text).bind(3, *row.kind).bind(4, batch_id).run();
+  }
+  sqlite::Statement remove(db, std::string("DELETE FROM ") + table + " WHERE id = ?1");
+  for (const auto& [key, ids] : reusable) {
+    for (const std::int64_t id : ids) {
+      remove.reset();
+      remove.bind(1, id).run();
+    }
+  }
+}
+
+std::int64_t cluster_rows(sqlite3* db, std::int64_t cluster_id) {
+  sqlite::Statement count(db,
+                          "SELECT (SELECT count(*) FROM questions WHERE cluster_id = ?1) + "
+                          "(SELECT count(*) FROM answers WHERE cluster_id = ?1)");
+  count.bind(1, cluster_id);
+  count.step();
+  return count.column_int(0);
+}
+
+}  // namespace
+
+ImportReport import_file(Store& store, const fs::path& file) {
+  const std::string display = file.string();
+  const std::string bytes = read_whole_file(file);
+  ImportReport report;
+  report.file = fs::absolute(file).lexically_normal().string();
+  report.sha256 = sha256_hex(bytes);
+  const ParsedFile parsed = parse_content(bytes, display);
+  report.clusters = static_cast<std::int64_t>(parsed.clusters.size());
+  report.questions = parsed.questions;
+  report.answers = parsed.answers;
+
+  Store::Impl& impl = store.impl();
+  if (impl.read_only) throw Error("importing " + display + ": database " + impl.path.string() + " is read-only");
+  sqlite3* db = impl.db;
+  sqlite::Transaction transaction(db, sqlite::Transaction::Kind::Write);
+
+  std::int64_t batch_id = 0;
+  {
+    sqlite::Statement find(db, "SELECT id, sha256 FROM import_batches WHERE file = ?1");
+    find.bind(1, report.file);
+    if (find.step()) {
+      batch_id = find.column_int(0);
+      if (find.column_text(1) == report.sha256) {
+        report.outcome = ImportOutcome::Unchanged;
+        return report;  // the transaction rolls back: nothing was written
+      }
+      report.outcome = ImportOutcome::Updated;
+    }
+  }
+  const std::string now = store_detail::utc_now();
+  if (report.outcome == ImportOutcome::Updated) {
+    sqlite::Statement update(db,
+                             "UPDATE import_batches SET sha256 = ?2, status = 'imported', imported_at = ?3 "
+                             "WHERE id = ?1");
+    update.bind(1, batch_id).bind(2, report.sha256).bind(3, now).run();
+  } else {
+    sqlite::Statement insert(db,
+                             "INSERT INTO import_batches(file, sha256, status, imported_at) "
+                             "VALUES (?1, ?2, 'imported', ?3)");
+    insert.bind(1, report.file).bind(2, report.sha256).bind(3, now).run();
+    batch_id = sqlite3_last_insert_rowid(db);
+  }
+
+  std::vector<std::int64_t> cluster_ids;
+  cluster_ids.reserve(parsed.clusters.size());
+  {
+    sqlite::Statement find(db, "SELECT id FROM clusters WHERE external_id = ?1");
+    sqlite::Statement insert(db, "INSERT INTO clusters(external_id, name, description) VALUES (?1, ?2, ?3)");
+    sqlite::Statement update(db,
+                             "UPDATE clusters SET "
+                             "name = CASE WHEN ?2 <> '' THEN ?2 ELSE name END, "
+                             "description = CASE WHEN ?3 <> '' THEN ?3 ELSE description END "
+                             "WHERE id = ?1");
+    for (const ParsedCluster& cluster : parsed.clusters) {
+      find.reset();
+      find.bind(1, cluster.external_id);
+      if (find.step()) {
+        const std::int64_t id = find.column_int(0);
+        cluster_ids.push_back(id);
+        update.reset();
+        update.bind(1, id).bind(2, cluster.name).bind(3, cluster.description).run();
+      } else {
+        insert.reset();
+        insert.bind(1, cluster.external_id).bind(2, cluster.name).bind(3, cluster.description).run();
+        cluster_ids.push_back(sqlite3_last_insert_rowid(db));
+      }
+    }
+  }
+
+  std::vector<RowToWrite> questions, answers;
+  for (std::size_t c = 0; c < parsed.clusters.size(); ++c) {
+    for (const ParsedQuestion& q : parsed.clusters[c].questions) {
+      questions.push_back({cluster_ids[c], &q.text, &q.length_type});
+    }
+    for (const ParsedAnswer& a : parsed.clusters[c].answers) {
+      answers.push_back({cluster_ids[c], &a.text, &a.variant});
+    }
+  }
+  replace_rows(db, "questions", "length_type", batch_id, questions);
+  replace_rows(db, "answers", "variant", batch_id, answers);
+
+  // A record that only names a cluster must name one that has content.
+  for (std::size_t c = 0; c < parsed.clusters.size(); ++c) {
+    if (cluster_rows(db, cluster_ids[c]) == 0) {
+      fail(display, parsed.clusters[c].where,
+           "cluster " + json_quoted(parsed.clusters[c].external_id) +
+               " has no questions or answers in this file and none in the database; "
+               "import its questions and answers first or remove this record");
+    }
+  }
+  // An update may have taken the last rows of a cluster away.
+  sqlite::exec(db,
+               "DELETE FROM clusters WHERE NOT EXISTS (SELECT 1 FROM questions q WHERE q.cluster_id = clusters.id) "
+               "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.cluster_id = clusters.id)");
+  transaction.commit();
+  return report;
+}
+
+}  // namespace ldaproj

@@ -1,0 +1,501 @@
+// The SQLite store (include/ldaproj/store.hpp): opening and migrating the
+// database, clusters/questions/answers reads, embedding models and vectors,
+// projections with their heads, import batches and statistics. Imports are
+// written by src/store/importer.cpp.
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <system_error>
+
+#include "ldaproj/error.hpp"
+#include "ldaproj/store.hpp"
+#include "store/schema.hpp"
+#include "store/sqlite.hpp"
+#include "store/store_impl.hpp"
+
+namespace ldaproj {
+
+namespace fs = std::filesystem;
+using sqlite::Statement;
+using sqlite::Transaction;
+
+Store::Impl::~Impl() {
+  // close_v2 defers the close if a statement is somehow still alive instead of
+  // failing; every Statement is RAII so in practice this closes at once.
+  if (db != nullptr) sqlite3_close_v2(db);
+}
+
+namespace store_detail {
+
+// Dimensions beyond this are certainly a bug and would overflow BLOB sizes.
+constexpr std::size_t kMaxDim = std::size_t{1} << 20;
+
+std::vector<unsigned char> encode_floats(std::span<const float> values) {
+  std::vector<unsigned char> bytes(values.size() * sizeof(float));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    auto word = std::bit_cast<std::uint32_t>(values[i]);
+    for (int b = 0; b < 4; ++b) bytes[i * 4 + static_cast<std::size_t>(b)] = static_cast<unsigned char>(word >> (8 * b));
+  }
+  return bytes;
+}
+
+void decode_floats(std::span<const unsigned char> blob, std::size_t dim, float* out, const std::string& what) {
+  if (blob.size() != dim * sizeof(float)) {
+    throw Error(what + " has " + std::to_string(blob.size()) + " bytes, expected " +
+                std::to_string(dim * sizeof(float)) + " (" + std::to_string(dim) +
+                " float32 values); the database is inconsistent: re-run `ldaproj embed` / `ldaproj train`");
+  }
+  for (std::size_t i = 0; i < dim; ++i) {
+    std::uint32_t word = 0;
+    for (int b = 0; b < 4; ++b) word |= std::uint32_t{blob[i * 4 + static_cast<std::size_t>(b)]} << (8 * b);
+    out[i] = std::bit_cast<float>(word);
+  }
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm parts{};
+  gmtime_r(&now, &parts);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &parts);
+  return text;
+}
+
+}  // namespace store_detail
+
+namespace {
+
+using store_detail::decode_floats;
+using store_detail::encode_floats;
+
+constexpr int kBusyTimeoutMs = 5000;
+
+struct KindTables {
+  const char* entities;    // "questions"
+  const char* embeddings;  // "question_embeddings"
+  const char* id_column;   // "question_id"
+  const char* singular;    // "question"
+};
+
+KindTables tables_for(EntityKind kind) {
+  if (kind == EntityKind::Question) return {"questions", "question_embeddings", "question_id", "question"};
+  return {"answers", "answer_embeddings", "answer_id", "answer"};
+}
+
+void configure_connection(sqlite3* db) {
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, kBusyTimeoutMs);
+}
+
+// The first statement on a connection is where SQLite notices a file that is
+// not a database; turn that into a message naming the file.
+void check_compatible_or_explain(sqlite3* db, const fs::path& path) {
+  try {
+    schema::check_compatible(db, path);
+  } catch (const InputError&) {
+    if ((sqlite3_extended_errcode(db) & 0xff) == SQLITE_NOTADB) {
+      throw InputError(path.string() + " is not an SQLite database (" + sqlite3_errmsg(db) +
+                       "); give --db an ldaproj database or a new file name");
+    }
+    throw;
+  }
+}
+
+void open_connection(Store::Impl& impl, int flags) {
+  const int rc = sqlite3_open_v2(impl.path.c_str(), &impl.db, flags, nullptr);
+  if (rc != SQLITE_OK) {
+    const std::string detail = impl.db ? sqlite3_errmsg(impl.db) : sqlite3_errstr(rc);
+    throw InputError("cannot open database " + impl.path.string() + ": " + detail +
+                     "; check that its directory exists and is accessible");
+  }
+  configure_connection(impl.db);
+}
+
+void require_writable(const Store::Impl& impl, const char* operation) {
+  if (impl.read_only) {
+    throw Error(std::string(operation) + ": database " + impl.path.string() + " was opened read-only");
+  }
+}
+
+struct ModelRow {
+  std::string name;
+  std::size_t dim = 0;
+};
+
+ModelRow model_by_id(sqlite3* db, std::int64_t model_id, const fs::path& path) {
+  Statement select(db, "SELECT name, dim FROM embedding_models WHERE id = ?1");
+  select.bind(1, model_id);
+  if (!select.step()) {
+    throw Error("no embedding model with id " + std::to_string(model_id) + " in " + path.string());
+  }
+  return {select.column_text(0), static_cast<std::size_t>(select.column_int(1))};
+}
+
+constexpr const char* kProjectionColumns =
+    "SELECT p.id, p.name, m.name, p.temperature, p.centroid_method, p.metrics_json, p.created_at, p.active "
+    "FROM projections p JOIN embedding_models m ON m.id = p.model_id ";
+
+Projection projection_from_row(const Statement& row) {
+  Projection p;
+  p.id = row.column_int(0);
+  p.name = row.column_text(1);
+  p.model = row.column_text(2);
+  p.temperature = static_cast<float>(row.column_double(3));
+  p.centroid_method = row.column_text(4);
+  p.metrics_json = row.column_text(5);
+  p.created_at = row.column_text(6);
+  p.active = row.column_int(7) != 0;
+  return p;
+}
+
+std::vector<Projection> read_projections(sqlite3* db) {
+  Statement select(db, std::string(kProjectionColumns) + "ORDER BY p.id");
+  std::vector<Projection> result;
+  while (select.step()) result.push_back(projection_from_row(select));
+  return result;
+}
+
+std::int64_t count_rows(sqlite3* db, const char* table) {
+  Statement count(db, std::string("SELECT count(*) FROM ") + table);
+  count.step();
+  return count.column_int(0);
+}
+
+void check_finite(std::span<const float> values, const std::string& what) {
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      throw InputError(what + " has a non-finite value (" + std::to_string(values[i]) + ") at component " +
+                       std::to_string(i) + "; nothing was stored");
+    }
+  }
+}
+
+}  // namespace
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::Store(Store&&) noexcept = default;
+Store& Store::operator=(Store&&) noexcept = default;
+Store::~Store() = default;
+
+Store::Impl& Store::impl() const { return *impl_; }
+
+const fs::path& Store::path() const { return impl_->path; }
+
+Store Store::open(const fs::path& db_path) {
+  std::error_code ec;
+  if (fs::is_directory(db_path, ec)) {
+    throw InputError(db_path.string() + " is a directory; give --db a database file name");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->path = db_path;
+  open_connection(*impl, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  check_compatible_or_explain(impl->db, db_path);
+  sqlite::exec(impl->db, "PRAGMA foreign_keys = ON");
+  // WAL lets readers (search) run while a writer (import, embed) works.
+  sqlite::exec(impl->db, "PRAGMA journal_mode = WAL");
+  sqlite::exec(impl->db, "PRAGMA synchronous = NORMAL");
+  schema::migrate(impl->db, db_path);
+  return Store(std::move(impl));
+}
+
+Store Store::open_read_only(const fs::path& db_path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(db_path, ec)) {
+    throw InputError("no database at " + db_path.string() + "; create one with `ldaproj import --db " +
+                     db_path.string() + " FILE`");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->path = db_path;
+  impl->read_only = true;
+  open_connection(*impl, SQLITE_OPEN_READONLY);
+  check_compatible_or_explain(impl->db, db_path);
+  const int version = schema::user_version(impl->db);
+  if (version < kSchemaVersion) {
+    throw InputError("database " + db_path.string() + " has schema version " + std::to_string(version) +
+                     ", older than this ldaproj's " + std::to_string(kSchemaVersion) +
+                     "; open it once read-write (e.g. `ldaproj import`) to migrate it");
+  }
+  sqlite::exec(impl->db, "PRAGMA foreign_keys = ON");
+  return Store(std::move(impl));
+}
+
+std::vector<Cluster> Store::clusters() const {
+  Statement select(impl_->db, "SELECT id, external_id, name, description FROM clusters ORDER BY id");
+  std::vector<Cluster> result;
+  while (select.step()) {
+    result.push_back({select.column_int(0), select.column_text(1), select.column_text(2), select.column_text(3)});
+  }
+  return result;
+}
+
+std::vector<Question> Store::questions() const {
+  Statement select(impl_->db, "SELECT id, cluster_id, text, length_type FROM questions ORDER BY id");
+  std::vector<Question> result;
+  while (select.step()) {
+    result.push_back({select.column_int(0), select.column_int(1), select.column_text(2), select.column_text(3)});
+  }
+  return result;
+}
+
+std::vector<Answer> Store::answers() const {
+  Statement select(impl_->db, "SELECT id, cluster_id, text, variant FROM answers ORDER BY id");
+  std::vector<Answer> result;
+  while (select.step()) {
+    result.push_back({select.column_int(0), select.column_int(1), select.column_text(2), select.column_text(3)});
+  }
+  return result;
+}
+
+std::int64_t Store::ensure_model(const std::string& name, std::size_t dim) {
+  require_writable(*impl_, "registering an embedding model");
+  if (name.empty()) throw InputError("an embedding model needs a non-empty name");
+  if (dim == 0 || dim > store_detail::kMaxDim) {
+    throw InputError("embedding model \"" + name + "\": dimension " + std::to_string(dim) +
+                     " is out of range (1.." + std::to_string(store_detail::kMaxDim) + ")");
+  }
+  Transaction transaction(impl_->db, Transaction::Kind::Write);
+  Statement select(impl_->db, "SELECT id, dim FROM embedding_models WHERE name = ?1");
+  select.bind(1, name);
+  if (select.step()) {
+    const auto stored_dim = static_cast<std::size_t>(select.column_int(1));
+    if (stored_dim != dim) {
+      throw InputError("embedding model \"" + name + "\" is stored in " + impl_->path.string() +
+                       " with dimension " + std::to_string(stored_dim) + ", got " + std::to_string(dim) +
+                       "; use another model name or a new database");
+    }
+    return select.column_int(0);
+  }
+  Statement insert(impl_->db, "INSERT INTO embedding_models(name, dim) VALUES (?1, ?2)");
+  insert.bind(1, name).bind(2, static_cast<std::int64_t>(dim)).run();
+  const std::int64_t id = sqlite3_last_insert_rowid(impl_->db);
+  transaction.commit();
+  return id;
+}
+
+std::optional<EmbeddingModel> Store::find_model(const std::string& name) const {
+  Statement select(impl_->db, "SELECT id, name, dim FROM embedding_models WHERE name = ?1");
+  select.bind(1, name);
+  if (!select.step()) return std::nullopt;
+  return EmbeddingModel{select.column_int(0), select.column_text(1), static_cast<std::size_t>(select.column_int(2))};
+}
+
+std::vector<PendingText> Store::missing_embeddings(std::int64_t model_id, EntityKind kind) const {
+  model_by_id(impl_->db, model_id, impl_->path);
+  const KindTables t = tables_for(kind);
+  Statement select(impl_->db, std::string("SELECT e.id, e.text FROM ") + t.entities +
+                                  " e WHERE NOT EXISTS (SELECT 1 FROM " + t.embeddings +
+                                  " v WHERE v.model_id = ?1 AND v." + t.id_column +
+                                  " = e.id) ORDER BY e.id");
+  select.bind(1, model_id);
+  std::vector<PendingText> result;
+  while (select.step()) result.push_back({select.column_int(0), select.column_text(1)});
+  return result;
+}
+
+void Store::put_embeddings(std::int64_t model_id, EntityKind kind, const std::vector<std::int64_t>& ids,
+                           const Matrix& vectors) {
+  require_writable(*impl_, "storing embeddings");
+  const ModelRow model = model_by_id(impl_->db, model_id, impl_->path);
+  const KindTables t = tables_for(kind);
+  if (ids.size() != vectors.rows) {
+    throw InputError("storing " + std::string(t.singular) + " embeddings: " + std::to_string(ids.size()) +
+                     " ids for " + std::to_string(vectors.rows) + " vectors");
+  }
+  if (vectors.data.size() != vectors.rows * vectors.cols) {
+    throw Error("storing embeddings: matrix data size does not match its shape");
+  }
+  if (!ids.empty() && vectors.cols != model.dim) {
+    throw InputError("embeddings for model \"" + model.name + "\" must have dimension " +
+                     std::to_string(model.dim) + ", got " + std::to_string(vectors.cols));
+  }
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    check_finite(vectors.row_span(i), std::string(t.singular) + " " + std::to_string(ids[i]) + "'s \"" +
+                                          model.name + "\" embedding");
+  }
+  if (ids.empty()) return;
+
+  Transaction transaction(impl_->db, Transaction::Kind::Write);
+  Statement upsert(impl_->db, std::string("INSERT INTO ") + t.embeddings + "(model_id, " + t.id_column +
+                                  ", vector) VALUES (?1, ?2, ?3) ON CONFLICT(model_id, " + t.id_column +
+                                  ") DO UPDATE SET vector = excluded.vector");
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const auto blob = encode_floats(vectors.row_span(i));
+    upsert.reset();
+    upsert.bind(1, model_id).bind(2, ids[i]).bind_blob(3, blob);
+    try {
+      upsert.run();
+    } catch (const Error&) {
+      if (sqlite3_extended_errcode(impl_->db) == SQLITE_CONSTRAINT_FOREIGNKEY) {
+        throw InputError(std::string(t.singular) + " " + std::to_string(ids[i]) + " does not exist in " +
+                         impl_->path.string() +
+                         " (removed by a re-import?); nothing was stored, run `ldaproj embed` again");
+      }
+      throw;
+    }
+  }
+  transaction.commit();
+}
+
+EmbeddingSet Store::embeddings(std::int64_t model_id, EntityKind kind) const {
+  const KindTables t = tables_for(kind);
+  Transaction snapshot(impl_->db, Transaction::Kind::Read);
+  const ModelRow model = model_by_id(impl_->db, model_id, impl_->path);
+  Statement select(impl_->db, std::string("SELECT ") + t.id_column + ", vector FROM " + t.embeddings +
+                                  " WHERE model_id = ?1 ORDER BY " + t.id_column);
+  select.bind(1, model_id);
+  EmbeddingSet set;
+  set.vectors.cols = model.dim;
+  while (select.step()) {
+    const std::int64_t id = select.column_int(0);
+    set.ids.push_back(id);
+    set.vectors.data.resize(set.vectors.data.size() + model.dim);
+    decode_floats(select.column_blob(1), model.dim, set.vectors.data.data() + set.vectors.rows * model.dim,
+                  "the \"" + model.name + "\" embedding of " + t.singular + " " + std::to_string(id));
+    ++set.vectors.rows;
+  }
+  snapshot.commit();
+  return set;
+}
+
+std::int64_t Store::save_projection(const Projection& projection) {
+  require_writable(*impl_, "saving a projection");
+  if (projection.name.empty()) throw InputError("a projection needs a non-empty name");
+  const auto model = find_model(projection.model);
+  if (!model) {
+    throw InputError("projection \"" + projection.name + "\" refers to embedding model \"" + projection.model +
+                     "\", which is not in " + impl_->path.string() + "; run `ldaproj embed` first");
+  }
+  if (!std::isfinite(projection.temperature) || !(projection.temperature > 0.0f)) {
+    throw InputError("projection \"" + projection.name + "\": temperature must be a positive number, got " +
+                     std::to_string(projection.temperature));
+  }
+  const std::string metrics = projection.metrics_json.empty() ? "{}" : projection.metrics_json;
+  if (!nlohmann::json::accept(metrics) || !nlohmann::json::parse(metrics).is_object()) {
+    throw InputError("projection \"" + projection.name + "\": metrics must be a JSON object");
+  }
+  for (const Head& head : projection.heads) {
+    const std::string what = "projection \"" + projection.name + "\", head of cluster " +
+                             std::to_string(head.cluster_id);
+    if (head.centroid.size() != model->dim || head.answer.size() != model->dim) {
+      throw InputError(what + ": centroid has " + std::to_string(head.centroid.size()) + " and answer " +
+                       std::to_string(head.answer.size()) + " values, the model \"" + model->name +
+                       "\" has dimension " + std::to_string(model->dim));
+    }
+    check_finite(head.centroid, what + ": centroid");
+    check_finite(head.answer, what + ": answer");
+  }
+
+  sqlite3* db = impl_->db;
+  Transaction transaction(db, Transaction::Kind::Write);
+  Statement remove(db, "DELETE FROM projections WHERE name = ?1");
+  remove.bind(1, projection.name).run();
+  Statement deactivate(db, "UPDATE projections SET active = 0 WHERE model_id = ?1 AND active = 1");
+  deactivate.bind(1, model->id).run();
+  Statement insert(db,
+                   "INSERT INTO projections(name, model_id, temperature, centroid_method, metrics_json, "
+                   "created_at, active) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)");
+  insert.bind(1, projection.name)
+      .bind(2, model->id)
+      .bind(3, static_cast<double>(projection.temperature))
+      .bind(4, projection.centroid_method)
+      .bind(5, metrics)
+      .bind(6, projection.created_at.empty() ? store_detail::utc_now() : projection.created_at)
+      .run();
+  const std::int64_t projection_id = sqlite3_last_insert_rowid(db);
+  Statement insert_head(db,
+                        "INSERT INTO projection_heads(projection_id, cluster_id, centroid, answer, num_questions) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5)");
+  for (const Head& head : projection.heads) {
+    insert_head.reset();
+    insert_head.bind(1, projection_id)
+        .bind(2, head.cluster_id)
+        .bind_blob(3, encode_floats(head.centroid))
+        .bind_blob(4, encode_floats(head.answer))
+        .bind(5, head.num_questions);
+    try {
+      insert_head.run();
+    } catch (const Error&) {
+      const int code = sqlite3_extended_errcode(db);
+      if (code == SQLITE_CONSTRAINT_FOREIGNKEY) {
+        throw InputError("projection \"" + projection.name + "\": cluster " + std::to_string(head.cluster_id) +
+                         " does not exist in " + impl_->path.string() + "; nothing was saved");
+      }
+      if (code == SQLITE_CONSTRAINT_PRIMARYKEY) {
+        throw InputError("projection \"" + projection.name + "\" has two heads for cluster " +
+                         std::to_string(head.cluster_id) + "; nothing was saved");
+      }
+      throw;
+    }
+  }
+  transaction.commit();
+  return projection_id;
+}
+
+std::optional<Projection> Store::load_projection(const std::string& name) const {
+  sqlite3* db = impl_->db;
+  Transaction snapshot(db, Transaction::Kind::Read);
+  // The most recently saved active projection when no name is given.
+  Statement select(db, std::string(kProjectionColumns) +
+                           (name.empty() ? "WHERE p.active = 1 ORDER BY p.id DESC LIMIT 1" : "WHERE p.name = ?1"));
+  if (!name.empty()) select.bind(1, name);
+  if (!select.step()) return std::nullopt;
+  Projection projection = projection_from_row(select);
+  const auto model = find_model(projection.model);
+  const std::size_t dim = model ? model->dim : 0;
+
+  Statement heads(db,
+                  "SELECT cluster_id, centroid, answer, num_questions FROM projection_heads "
+                  "WHERE projection_id = ?1 ORDER BY cluster_id");
+  heads.bind(1, projection.id);
+  while (heads.step()) {
+    Head head;
+    head.cluster_id = heads.column_int(0);
+    head.centroid.resize(dim);
+    head.answer.resize(dim);
+    const std::string what = "projection \"" + projection.name + "\", head of cluster " +
+                             std::to_string(head.cluster_id);
+    decode_floats(heads.column_blob(1), dim, head.centroid.data(), what + ": centroid");
+    decode_floats(heads.column_blob(2), dim, head.answer.data(), what + ": answer");
+    head.num_questions = heads.column_int(3);
+    projection.heads.push_back(std::move(head));
+  }
+  snapshot.commit();
+  return projection;
+}
+
+std::vector<Projection> Store::projections() const { return read_projections(impl_->db); }
+
+std::vector<ImportBatch> Store::batches() const {
+  Statement select(impl_->db, "SELECT id, file, sha256, status, imported_at FROM import_batches ORDER BY id");
+  std::vector<ImportBatch> result;
+  while (select.step()) {
+    result.push_back({select.column_int(0), select.column_text(1), select.column_text(2), select.column_text(3),
+                      select.column_text(4)});
+  }
+  return result;
+}
+
+StoreStats Store::stats() const {
+  sqlite3* db = impl_->db;
+  Transaction snapshot(db, Transaction::Kind::Read);
+  StoreStats stats;
+  stats.clusters = count_rows(db, "clusters");
+  stats.questions = count_rows(db, "questions");
+  stats.answers = count_rows(db, "answers");
+  stats.batches = count_rows(db, "import_batches");
+  Statement per_model(db,
+                      "SELECT m.name, "
+                      "(SELECT count(*) FROM question_embeddings q WHERE q.model_id = m.id) + "
+                      "(SELECT count(*) FROM answer_embeddings a WHERE a.model_id = m.id) "
+                      "FROM embedding_models m ORDER BY m.name");
+  while (per_model.step()) stats.embeddings_per_model.emplace_back(per_model.column_text(0), per_model.column_int(1));
+  stats.projections = read_projections(db);
+  stats.schema_version = schema::user_version(db);
+  snapshot.commit();
+  return stats;
+}
+
+}  // namespace ldaproj

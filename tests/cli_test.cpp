@@ -1,0 +1,140 @@
+// End-to-end: the real `ldaproj` binary on the bundled demo data, from
+// import to validate, plus exit codes and error messages.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliRun {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+CliRun run(const std::string& args) {
+  const std::string cmd = std::string(LDAPROJ_CLI_PATH) + " " + args + " 2>&1";
+  CliRun r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf{};
+  std::size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string demo(const char* name) { return std::string(LDAPROJ_SOURCE_DIR) + "/data/demo/" + name; }
+
+class CliDemo : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("ldaproj_cli_test_" + std::to_string(getpid()));
+    fs::create_directories(dir_);
+    db_ = (dir_ / "demo.db").string();
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static inline fs::path dir_;
+  static inline std::string db_;
+};
+
+TEST_F(CliDemo, ImportEmbedTrainValidateQuery) {
+  CliRun r = run("import --db " + db_ + " " + demo("clusters.json") + " " + demo("extra.jsonl"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("imported"), std::string::npos) << r.out;
+
+  r = run("import --db " + db_ + " " + demo("clusters.json"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("unchanged"), std::string::npos) << r.out;
+
+  r = run("train --db " + db_);
+  EXPECT_EQ(r.code, 1) << "training before embedding must fail clearly: " << r.out;
+  EXPECT_NE(r.out.find("ldaproj embed"), std::string::npos) << r.out;
+
+  r = run("embed --db " + db_ + " --quiet");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("embed --db " + db_ + " --quiet");  // nothing left to do
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find(" 0 new embeddings"), std::string::npos) << r.out;
+
+  r = run("train --db " + db_ + " --temperature 0.1");
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  r = run("validate --db " + db_ + " --test " + demo("heldout.json") + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_GE(j["queries"].template get<int>(), 50);
+  const double mh = j["methods"]["multi_head"]["recall_at_1"], direct = j["methods"]["direct"]["recall_at_1"];
+  EXPECT_GT(mh, direct) << r.out;
+  for (const char* m : {"direct", "multi_head", "global_w"}) {
+    for (const char* k : {"recall_at_1", "recall_at_5", "mrr_at_10"}) {
+      const double v = j["methods"][m][k];
+      EXPECT_GE(v, 0.0);
+      EXPECT_LE(v, 1.0);
+    }
+  }
+
+  r = run("validate --db " + db_ + " --test " + demo("extra_heldout.jsonl") + " --sweep-temperature 0.05,0.1,1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("multi-head over temperature"), std::string::npos) << r.out;
+
+  r = run("query --db " + db_ + " --json --top-k 3 \"how do I get my password back\"");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto q = nlohmann::json::parse(r.out);
+  EXPECT_EQ(q["answers"].size(), 3u);
+  EXPECT_FALSE(q["routing"].empty());
+
+  r = run("query --db " + db_ + " --show-routing \"how do I get my password back\"");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("routing (temperature 0.1"), std::string::npos) << r.out;
+
+  r = run("stats --db " + db_ + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto s = nlohmann::json::parse(r.out);
+  EXPECT_GE(s["clusters"].template get<int>(), 25);
+  EXPECT_EQ(s["projections"].size(), 1u);
+}
+
+TEST(Cli, UsageErrorsExitTwo) {
+  EXPECT_EQ(run("").code, 2);
+  EXPECT_EQ(run("frobnicate").code, 2);
+  EXPECT_EQ(run("query --db x.db").code, 2);  // no text
+  EXPECT_EQ(run("train --db x.db --temperature -1").code, 2);
+  const CliRun help = run("query --help");
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("--show-routing"), std::string::npos);
+}
+
+TEST(Cli, FailuresExitOneWithAMessage) {
+  const CliRun r = run("query --db /nonexistent/dir/none.db hello");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("does not exist"), std::string::npos) << r.out;
+  const CliRun m = run("encode --model /nonexistent/model hello");
+  EXPECT_EQ(m.code, 1);
+  EXPECT_NE(m.out.find("/nonexistent/model"), std::string::npos) << m.out;
+}
+
+TEST(Cli, EncodePrintsOneJsonLinePerInput) {
+  const CliRun r = run("encode --json \"first text\" \"second text\"");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::istringstream lines(r.out);
+  std::string line;
+  int count = 0;
+  while (std::getline(lines, line)) {
+    const auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["embedding"].size(), 384u);
+    ++count;
+  }
+  EXPECT_EQ(count, 2);
+}
+
+}  // namespace
