@@ -36,5 +36,10 @@ test-fast: build
 demo: build
 	@bash scripts/demo.sh $(BUILD)/ldaproj
 
+# Benchmarks (Google Benchmark); see docs/BENCHMARKS.md for the recorded numbers.
+bench: build
+	OPENBLAS_NUM_THREADS=1 $(BUILD)/teacher_bench --benchmark_min_time=0.2
+	@if [ -x $(BUILD)/encoder_bench ]; then $(BUILD)/encoder_bench; fi
+
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

