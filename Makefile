@@ -39,7 +39,7 @@ demo: build
 # Benchmarks (Google Benchmark); see docs/BENCHMARKS.md for the recorded numbers.
 bench: build
 	OPENBLAS_NUM_THREADS=1 $(BUILD)/teacher_bench --benchmark_min_time=0.2
-	@if [ -x $(BUILD)/encoder_bench ]; then $(BUILD)/encoder_bench; fi
+	bash bench/encoder_compare.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
