@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ldaproj/error.hpp"
+#include "temp_dir_test_base.hpp"
 #include "ldaproj/importer.hpp"
 #include "ldaproj/store.hpp"
 #include "store/dump.hpp"
@@ -25,26 +26,10 @@ namespace {
 
 const fs::path kFixtures = fs::path(LDAPROJ_SOURCE_DIR) / "tests" / "data" / "import";
 
-class ImporterTest : public ::testing::Test {
+class ImporterTest : public ldaproj::testing_support::TempDirTest {
  protected:
-  void SetUp() override {
-    std::random_device seed;
-    dir_ = fs::temp_directory_path() / ("ldaproj_importer_test_" + std::to_string(seed()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  fs::path file(const std::string& name) const { return dir_ / name; }
-
   fs::path write(const std::string& name, const std::string& content) const {
-    const fs::path path = file(name);
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << content;
-    return path;
+    return write_file(file(name), content);
   }
 
   fs::path copy_fixture(const std::string& name) const {
@@ -52,8 +37,6 @@ class ImporterTest : public ::testing::Test {
     fs::copy_file(kFixtures / name, target, fs::copy_options::overwrite_existing);
     return target;
   }
-
-  fs::path dir_;
 };
 
 // Questions/answers of one cluster, by external id, as (kind, text) pairs.

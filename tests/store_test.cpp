@@ -15,6 +15,7 @@
 #include <string>
 
 #include "ldaproj/error.hpp"
+#include "temp_dir_test_base.hpp"
 #include "ldaproj/importer.hpp"
 #include "ldaproj/store.hpp"
 #include "store/dump.hpp"
@@ -26,25 +27,9 @@ using namespace ldaproj;
 
 namespace {
 
-class StoreTest : public ::testing::Test {
+class StoreTest : public ldaproj::testing_support::TempDirTest {
  protected:
-  void SetUp() override {
-    std::random_device seed;
-    dir_ = fs::temp_directory_path() / ("ldaproj_store_test_" + std::to_string(seed()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  fs::path file(const std::string& name) const { return dir_ / name; }
-
-  void write(const fs::path& path, const std::string& content) const {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << content;
-  }
+  void write(const fs::path& path, const std::string& content) const { write_file(path, content); }
 
   // Two clusters, three questions, two answers.
   Store seeded_store(const std::string& name = "seeded.db") {
@@ -71,8 +56,6 @@ class StoreTest : public ::testing::Test {
     sqlite3_close(db);
     ASSERT_EQ(rc, SQLITE_OK) << message;
   }
-
-  fs::path dir_;
 };
 
 std::string message_of(const std::function<void()>& action) {
