@@ -5,7 +5,9 @@
 
 #include <utf8proc.h>
 
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -16,6 +18,37 @@
 namespace ldaproj {
 
 namespace {
+
+// Code points assigned after the Unicode version of the reference
+// tokenizer's character tables count as unassigned, as they do there
+// (generated from the UCD by scripts/gen_unicode_age.py).
+struct CodeRange {
+  char32_t first, last;
+};
+constexpr CodeRange kNewerThanReference[] = {
+#include "text/unicode_newer.inc"
+};
+
+bool known_to_reference(char32_t c) {
+  const auto* end = std::end(kNewerThanReference);
+  const auto* it = std::upper_bound(std::begin(kNewerThanReference), end, c,
+                                    [](char32_t v, const CodeRange& r) { return v < r.first; });
+  return it == std::begin(kNewerThanReference) || c > (it - 1)->last;
+}
+
+utf8proc_category_t category(char32_t c) {
+  if (!known_to_reference(c)) return UTF8PROC_CATEGORY_CN;
+  // The few characters whose general category changed after Unicode 8.0
+  // keep their 8.0 category, as in the reference's tables.
+  switch (c) {
+    case 0x166D: return UTF8PROC_CATEGORY_PO;   // So since Unicode 12
+    case 0x111C9: return UTF8PROC_CATEGORY_PO;  // Mn since Unicode 11
+    case 0x1734: return UTF8PROC_CATEGORY_MN;   // Mc since Unicode 14
+    case 0xA9BD: return UTF8PROC_CATEGORY_MC;   // Mn since Unicode 12
+    case 0x1885: case 0x1886: return UTF8PROC_CATEGORY_LO;  // Mn since Unicode 9
+    default: return utf8proc_category(static_cast<utf8proc_int32_t>(c));
+  }
+}
 
 bool is_whitespace(char32_t c) {
   // Unicode White_Space, which is what the reference tokenizer tests.
@@ -28,10 +61,14 @@ bool is_whitespace(char32_t c) {
   }
 }
 
+// The reference's "other" test covers control, format, surrogate and
+// private-use characters but not unassigned ones (its tables list only
+// assigned code points), so an unassigned code point is kept and ends up in
+// an [UNK] word rather than being dropped.
 bool is_other_category(char32_t c) {
-  switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
+  switch (category(c)) {
     case UTF8PROC_CATEGORY_CC: case UTF8PROC_CATEGORY_CF: case UTF8PROC_CATEGORY_CS:
-    case UTF8PROC_CATEGORY_CO: case UTF8PROC_CATEGORY_CN:
+    case UTF8PROC_CATEGORY_CO:
       return true;
     default:
       return false;
@@ -47,7 +84,7 @@ bool is_punctuation(char32_t c) {
   if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) {
     return true;
   }
-  switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
+  switch (category(c)) {
     case UTF8PROC_CATEGORY_PC: case UTF8PROC_CATEGORY_PD: case UTF8PROC_CATEGORY_PS:
     case UTF8PROC_CATEGORY_PE: case UTF8PROC_CATEGORY_PI: case UTF8PROC_CATEGORY_PF:
     case UTF8PROC_CATEGORY_PO:
@@ -57,10 +94,12 @@ bool is_punctuation(char32_t c) {
   }
 }
 
+// The reference's ranges, including its 0x2B920 start of the fifth range
+// (the original BERT code's; CJK Extension E actually starts at 0x2B820).
 bool is_cjk(char32_t c) {
   return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
          (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
-         (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
+         (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
          (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
 }
 
@@ -124,11 +163,17 @@ struct Tokenizer::Impl {
       stripped.reserve(out.size());
       utf8proc_int32_t buf[32];
       for (char32_t c : out) {
+        if (!known_to_reference(c)) {
+          stripped.push_back(c);
+          continue;
+        }
         int last = 0;
         const auto n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c), buf, 32,
                                                UTF8PROC_DECOMPOSE, &last);
         for (utf8proc_ssize_t k = 0; k < n; ++k) {
-          if (utf8proc_category(buf[k]) != UTF8PROC_CATEGORY_MN) stripped.push_back(static_cast<char32_t>(buf[k]));
+          if (category(static_cast<char32_t>(buf[k])) != UTF8PROC_CATEGORY_MN) {
+            stripped.push_back(static_cast<char32_t>(buf[k]));
+          }
         }
       }
       out.swap(stripped);
