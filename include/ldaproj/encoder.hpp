@@ -14,7 +14,6 @@ struct EncoderOptions {
   std::size_t max_tokens = 256;  // including [CLS] and [SEP]
   int threads = 0;               // 0 = all available cores
   std::size_t batch_size = 32;   // texts per forward pass inside encode()
-  bool reduced_precision = false;  // bf16/int8 weights where supported
 };
 
 // The model directory to use: `explicit_dir` if non-empty, else $LDAPROJ_MODEL,
