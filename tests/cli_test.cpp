@@ -11,6 +11,9 @@
 #include <sstream>
 #include <string>
 
+#include "ldaproj/encoder.hpp"
+#include "ldaproj/store.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -102,6 +105,31 @@ TEST_F(CliDemo, ImportEmbedTrainValidateQuery) {
   const auto s = nlohmann::json::parse(r.out);
   EXPECT_GE(s["clusters"].template get<int>(), 25);
   EXPECT_EQ(s["projections"].size(), 1u);
+}
+
+TEST_F(CliDemo, EmbedResumesWhereAnEarlierRunStopped) {
+  const std::string db = (dir_ / "resume.db").string();
+  ASSERT_EQ(run("import --db " + db + " " + demo("extra.jsonl")).code, 0);
+  {
+    // What an interrupted run leaves behind: some batches committed.
+    ldaproj::Store store = ldaproj::Store::open(db);
+    const ldaproj::Encoder encoder = ldaproj::Encoder::load(ldaproj::resolve_model_dir());
+    const auto model = store.ensure_model(encoder.model_name(), encoder.dim());
+    auto pending = store.missing_embeddings(model, ldaproj::EntityKind::Question);
+    ASSERT_EQ(pending.size(), 16u);
+    pending.resize(5);
+    std::vector<std::string> texts;
+    std::vector<std::int64_t> ids;
+    for (const auto& p : pending) {
+      texts.push_back(p.text);
+      ids.push_back(p.id);
+    }
+    store.put_embeddings(model, ldaproj::EntityKind::Question, ids, encoder.encode(texts));
+  }
+  const CliRun r = run("embed --db " + db + " --batch-size 4");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find(" 13 new embeddings"), std::string::npos) << r.out;  // 11 questions + 2 answers
+  EXPECT_NE(r.out.find("embedding questions: 11/11"), std::string::npos) << r.out;  // plain progress lines off a TTY
 }
 
 TEST(Cli, UsageErrorsExitTwo) {
