@@ -146,6 +146,9 @@ TEST(Cli, FailuresExitOneWithAMessage) {
   const CliRun r = run("query --db /nonexistent/dir/none.db hello");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("does not exist"), std::string::npos) << r.out;
+  const CliRun empty = run("query --db /nonexistent/dir/none.db \"  \"");
+  EXPECT_EQ(empty.code, 1);
+  EXPECT_NE(empty.out.find("query #1 is empty"), std::string::npos) << empty.out;
   const CliRun m = run("encode --model /nonexistent/model hello");
   EXPECT_EQ(m.code, 1);
   EXPECT_NE(m.out.find("/nonexistent/model"), std::string::npos) << m.out;

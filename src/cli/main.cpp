@@ -201,6 +201,11 @@ std::string bar(float fraction, int width) {
 
 int run_query(const std::string& db, const EncoderFlags& enc, const QueryFlags& f,
               const std::vector<std::string>& texts) {
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    if (texts[i].find_first_not_of(" \t\r\n") == std::string::npos) {
+      throw InputError("query #" + std::to_string(i + 1) + " is empty; give the question as text");
+    }
+  }
   require_existing_db(db);
   Store store = Store::open(db);
   const Searcher searcher = Searcher::load(store, f.projection);
