@@ -10,6 +10,7 @@
 
 #include "ldaproj/matrix.hpp"
 #include "ldaproj/store.hpp"
+#include "ldaproj/teacher.hpp"
 
 namespace ldaproj {
 
@@ -49,8 +50,10 @@ class Searcher {
  public:
   // Loads the named projection (or the active one) with its heads, the answer
   // corpus and, lazily, what global-W needs (so `store` must outlive the
-  // Searcher). InputError when nothing is trained.
-  static Searcher load(const Store& store, const std::string& projection_name = {});
+  // Searcher). `teacher` sets the heads' storage precision and thread cap.
+  // InputError when nothing is trained.
+  static Searcher load(const Store& store, const std::string& projection_name = {},
+                       const TeacherOptions& teacher = {});
 
   // One result per query row (embeddings from the projection's model).
   std::vector<QueryResult> search(const Matrix& query_embeddings,

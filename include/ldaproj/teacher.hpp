@@ -2,6 +2,7 @@
 // compared with: direct query->answer cosine and a single global matrix W.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,20 +33,39 @@ void normalize_rows(Matrix& m, std::string_view what);
 // Numerically stable softmax of scores/temperature, in place over `n` values.
 void softmax_inplace(float* scores, std::size_t n, float temperature);
 
+// How the teacher stores centroids and answers for its kernels. Reduced
+// precision halves (bf16) or quarters (int8, one scale per row) the bytes a
+// query streams, at a small accuracy cost (docs/BENCHMARKS.md).
+enum class Precision { F32, BF16, I8 };
+std::string_view to_string(Precision precision);  // "fp32", "bf16", "int8"
+Precision parse_precision(std::string_view name);  // InputError on unknown
+
+struct TeacherOptions {
+  Precision precision = Precision::F32;
+  int threads = 0;  // cap on threads per call; 0 = every core this process may use
+};
+
 // One head per cluster: keys are centroids, values are answer embeddings.
 //   w = softmax(cos(q, centroid_i) / temperature),  p = normalise(sum_i w_i answer_i)
+// One query streams the heads once (online softmax, split over threads for
+// large n); a batch goes through GEMM over blocks of heads.
 class MultiHeadProjection {
  public:
-  MultiHeadProjection() = default;
+  MultiHeadProjection();
   // Rows of centroids and answers are normalised here; they must have equal
   // shapes. InputError on mismatched shapes, zero or non-finite rows.
-  MultiHeadProjection(Matrix centroids, Matrix answers, float temperature = kDefaultTemperature);
+  MultiHeadProjection(Matrix centroids, Matrix answers, float temperature = kDefaultTemperature,
+                      TeacherOptions options = {});
 
-  std::size_t num_heads() const { return centroids_.rows; }
-  std::size_t dim() const { return centroids_.cols; }
+  std::size_t num_heads() const;
+  std::size_t dim() const;
   float temperature() const { return temperature_; }
-  const Matrix& centroids() const { return centroids_; }
-  const Matrix& answers() const { return answers_; }
+  const TeacherOptions& options() const { return options_; }
+  // Unit centroids / answers as stored (dequantised under reduced precision).
+  Matrix centroids() const;
+  Matrix answers() const;
+  // Bytes of head storage one query reads.
+  std::size_t storage_bytes() const;
 
   // Cosine similarity of every query to every centroid (queries x heads).
   // Queries are normalised internally (InputError on zero queries).
@@ -53,14 +73,22 @@ class MultiHeadProjection {
   // Routing weights (queries x heads); each row sums to one.
   Matrix routing_weights(const Matrix& queries, float temperature) const;
   // Projected, unit-length embeddings (queries x dim). When weights_out is
-  // given it receives the routing weights.
+  // given it receives the routing weights (otherwise no queries x heads
+  // matrix is ever built).
   Matrix project(const Matrix& queries, float temperature, Matrix* weights_out = nullptr) const;
   Matrix project(const Matrix& queries) const { return project(queries, temperature_); }
 
+  MultiHeadProjection(const MultiHeadProjection&);
+  MultiHeadProjection& operator=(const MultiHeadProjection&);
+  MultiHeadProjection(MultiHeadProjection&&) noexcept;
+  MultiHeadProjection& operator=(MultiHeadProjection&&) noexcept;
+  ~MultiHeadProjection();
+
  private:
-  Matrix centroids_;
-  Matrix answers_;
+  struct Storage;
+  std::shared_ptr<const Storage> storage_;  // immutable, shared by copies
   float temperature_ = kDefaultTemperature;
+  TeacherOptions options_;
 };
 
 // Baseline: one linear map for all clusters,

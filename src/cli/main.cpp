@@ -41,7 +41,7 @@ struct EncoderFlags {
     cmd.add_option("--model", model_dir,
                    "Model directory with config.json, tokenizer.json and a .safetensors file "
                    "(default: $LDAPROJ_MODEL, else the bundled all-MiniLM-L6-v2)");
-    cmd.add_option("--threads", threads, "Threads for encoding (default: all cores)")
+    cmd.add_option("--threads", threads, "Threads for encoding and routing (default: all cores)")
         ->check(CLI::NonNegativeNumber);
     cmd.add_option("--max-tokens", max_tokens,
                    "Truncate texts to this many tokens including [CLS]/[SEP]")
@@ -56,6 +56,20 @@ struct EncoderFlags {
     options.batch_size = batch_size;
     return Encoder::load(resolve_model_dir(model_dir), options);
   }
+};
+
+// How commands that route queries keep the teacher's heads.
+struct TeacherFlags {
+  std::string precision = "fp32";
+
+  void add_to(CLI::App& cmd) {
+    cmd.add_option("--precision", precision,
+                   "Storage of centroids and answers for routing: fp32, bf16 (half the memory "
+                   "traffic) or int8 (a quarter); see docs/BENCHMARKS.md for the accuracy cost")
+        ->capture_default_str();
+  }
+
+  TeacherOptions options(const EncoderFlags& enc) const { return {parse_precision(precision), enc.threads}; }
 };
 
 void require_existing_db(const std::string& db) {
@@ -199,7 +213,7 @@ std::string bar(float fraction, int width) {
   return s;
 }
 
-int run_query(const std::string& db, const EncoderFlags& enc, const QueryFlags& f,
+int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags& teacher, const QueryFlags& f,
               const std::vector<std::string>& texts) {
   for (std::size_t i = 0; i < texts.size(); ++i) {
     if (texts[i].find_first_not_of(" \t\r\n") == std::string::npos) {
@@ -208,7 +222,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const QueryFlags& 
   }
   require_existing_db(db);
   Store store = Store::open(db);
-  const Searcher searcher = Searcher::load(store, f.projection);
+  const Searcher searcher = Searcher::load(store, f.projection, teacher.options(enc));
   const Encoder encoder = enc.load();
   if (encoder.model_name() != searcher.model_name()) {
     throw InputError("the projection was trained on " + searcher.model_name() +
@@ -264,13 +278,14 @@ int run_query(const std::string& db, const EncoderFlags& enc, const QueryFlags& 
 }
 
 // ---------------------------------------------------------------- validate
-int run_validate(const std::string& db, const EncoderFlags& enc, const std::string& test_file,
+int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFlags& teacher,
+                 const std::string& test_file,
                  std::optional<float> temperature, const std::string& sweep, bool as_json,
                  const std::string& projection, const std::string& methods_flag) {
   require_existing_db(db);
   const std::vector<LabeledQuery> tests = read_test_queries(test_file);
   Store store = Store::open(db);
-  const Searcher searcher = Searcher::load(store, projection);
+  const Searcher searcher = Searcher::load(store, projection, teacher.options(enc));
   const Encoder encoder = enc.load();
   if (encoder.model_name() != searcher.model_name()) {
     throw InputError("the projection was trained on " + searcher.model_name() +
@@ -470,6 +485,8 @@ int main(int argc, char** argv) {
   auto* query_cmd = app.add_subcommand("query", "Answer text queries");
   add_db(query_cmd);
   enc.add_to(*query_cmd);
+  TeacherFlags teacher;
+  teacher.add_to(*query_cmd);
   query_cmd->add_option("--method", qf.method, "multi-head, direct or global-w")->capture_default_str();
   query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(CLI::PositiveNumber);
   query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(CLI::PositiveNumber);
@@ -486,6 +503,7 @@ int main(int argc, char** argv) {
   auto* validate_cmd = app.add_subcommand("validate", "Recall@1, Recall@5 and MRR@10 on held-out queries for every method");
   add_db(validate_cmd);
   enc.add_to(*validate_cmd);
+  teacher.add_to(*validate_cmd);
   validate_cmd->add_option("--test", test_file, "Held-out file: {\"clusters\":[{\"id\",\"queries\":{\"novel\":[...]}}]} or JSONL {\"query\",\"cluster\"}")
       ->required()->check(CLI::ExistingFile);
   validate_cmd->add_option("--temperature", validate_temperature, "Temperature for multi-head (default: the projection's)")->check(CLI::PositiveNumber);
@@ -519,10 +537,10 @@ int main(int argc, char** argv) {
     if (*train_cmd) return run_train(db, embedding_model, temperature, name, centroid);
     if (*query_cmd) {
       qf.temperature = query_temperature;
-      return run_query(db, enc, qf, query_texts);
+      return run_query(db, enc, teacher, qf, query_texts);
     }
     if (*validate_cmd) {
-      return run_validate(db, enc, test_file, validate_temperature, sweep, validate_json,
+      return run_validate(db, enc, teacher, test_file, validate_temperature, sweep, validate_json,
                           validate_projection, methods);
     }
     if (*stats_cmd) return run_stats(db, stats_json);

@@ -12,13 +12,12 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <string>
-#include <thread>
 
+#include "common/parallel.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/safetensors.hpp"
 #include "ldaproj/tokenizer.hpp"
 
-extern "C" void openblas_set_num_threads(int);
 
 namespace ldaproj {
 
@@ -299,9 +298,7 @@ Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
 
 Matrix Encoder::encode(const std::vector<std::string>& texts) const {
   const Impl& m = *impl_;
-  const int threads = m.options.threads > 0 ? m.options.threads
-                                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  openblas_set_num_threads(threads);
+  detail::use_blas_threads(m.options.threads > 0 ? m.options.threads : detail::available_cores());
   Matrix out(texts.size(), m.config.hidden);
   std::vector<std::vector<std::int32_t>> ids(texts.size());
   for (std::size_t i = 0; i < texts.size(); ++i) {

@@ -63,15 +63,16 @@ struct Searcher::Impl {
         auto h = head_of.find(question.cluster_id);
         if (r != row.end() && h != head_of.end()) pairs.emplace_back(r->second, h->second);
       }
+      const Matrix centroids = teacher.centroids();
       Matrix residuals(pairs.size(), teacher.dim());
       for (std::size_t i = 0; i < pairs.size(); ++i) {
         Matrix one(1, teacher.dim());
         std::copy(q.vectors.row(pairs[i].first), q.vectors.row(pairs[i].first) + one.cols, one.row(0));
         normalize_rows(one, "question embedding");
-        const float* c = teacher.centroids().row(pairs[i].second);
+        const float* c = centroids.row(pairs[i].second);
         for (std::size_t j = 0; j < one.cols; ++j) residuals(i, j) = one(0, j) - c[j];
       }
-      global = GlobalProjection::fit(teacher.centroids(), teacher.answers(), residuals);
+      global = GlobalProjection::fit(centroids, teacher.answers(), residuals);
     });
     return global;
   }
@@ -82,7 +83,8 @@ Searcher::Searcher(Searcher&&) noexcept = default;
 Searcher& Searcher::operator=(Searcher&&) noexcept = default;
 Searcher::~Searcher() = default;
 
-Searcher Searcher::load(const Store& store, const std::string& projection_name) {
+Searcher Searcher::load(const Store& store, const std::string& projection_name,
+                        const TeacherOptions& teacher_options) {
   auto projection = store.load_projection(projection_name);
   if (!projection) {
     throw InputError(projection_name.empty()
@@ -111,7 +113,8 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name) 
     std::copy(head.answer.begin(), head.answer.end(), answers.row(h));
     impl->head_clusters.push_back(head.cluster_id);
   }
-  impl->teacher = MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature);
+  impl->teacher =
+      MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature, teacher_options);
 
   for (const Cluster& c : store.clusters()) impl->cluster_names.emplace(c.id, c.external_id);
 
@@ -149,7 +152,7 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
       normalize_rows(projected, "query");
       break;
     case Method::MultiHead:
-      projected = s.teacher.project(queries, temperature, &weights);
+      projected = s.teacher.project(queries, temperature, options.routing_top > 0 ? &weights : nullptr);
       break;
     case Method::GlobalW:
       projected = s.global_w().project(queries);
