@@ -38,7 +38,7 @@ demo: build
 
 # Benchmarks (Google Benchmark); see docs/BENCHMARKS.md for the recorded numbers.
 bench: build
-	OPENBLAS_NUM_THREADS=1 $(BUILD)/teacher_bench --benchmark_min_time=0.2
+	bash bench/teacher_compare.sh $(BUILD)
 	bash bench/encoder_compare.sh $(BUILD)
 
 clean:

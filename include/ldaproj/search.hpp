@@ -14,10 +14,11 @@
 
 namespace ldaproj {
 
-enum class Method { MultiHead, Direct, GlobalW };
-std::string_view to_string(Method method);  // "multi-head", "direct", "global-w"
+enum class Method { MultiHead, Direct, GlobalW, SparseTeacher };
+std::string_view to_string(Method method);  // "multi-head", "direct", "global-w", "sparse-teacher"
 Method parse_method(std::string_view name);  // accepts - or _; InputError otherwise
-inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead};
+inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead,
+                                         Method::SparseTeacher};
 
 struct RankedAnswer {
   std::int64_t cluster_id = 0;
@@ -38,12 +39,15 @@ struct SearchOptions {
   Method method = Method::MultiHead;
   std::size_t top_k = 5;
   std::optional<float> temperature;  // default: the projection's own
-  std::size_t routing_top = 0;       // > 0: return that many top heads (multi-head)
+  std::size_t routing_top = 0;       // > 0: return that many top heads (multi-head, sparse-teacher)
+  std::size_t route_k = 64;          // sparse-teacher: heads routed over per query
 };
 
 struct QueryResult {
   std::vector<RankedAnswer> answers;  // best first, one per cluster
   std::vector<RoutingEntry> routing;  // heaviest first
+  // sparse-teacher: bound on the softmax mass of the heads it left out.
+  float uncovered_mass_bound = 0.0f;
 };
 
 class Searcher {

@@ -61,8 +61,13 @@ struct EncoderFlags {
 // How commands that route queries keep the teacher's heads.
 struct TeacherFlags {
   std::string precision = "fp32";
+  std::size_t route_k = 64;
 
   void add_to(CLI::App& cmd) {
+    cmd.add_option("--route-k", route_k,
+                   "sparse-teacher: route each query over this many nearest heads (HNSW over the centroids)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
     cmd.add_option("--precision", precision,
                    "Storage of centroids and answers for routing: fp32, bf16 (half the memory "
                    "traffic) or int8 (a quarter); see docs/BENCHMARKS.md for the accuracy cost")
@@ -234,6 +239,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
   options.top_k = f.top_k;
   options.temperature = f.temperature;
   options.routing_top = (f.show_routing || f.as_json) ? f.routing_top : 0;
+  options.route_k = teacher.route_k;
   const auto results = searcher.search(encoder.encode(texts), options);
 
   for (std::size_t i = 0; i < texts.size(); ++i) {
@@ -251,6 +257,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
           out["routing"].push_back({{"cluster", h.cluster}, {"weight", h.weight}, {"similarity", h.similarity}});
         }
       }
+      if (options.method == Method::SparseTeacher) out["uncovered_mass_bound"] = r.uncovered_mass_bound;
       std::cout << out.dump() << "\n";
       continue;
     }
@@ -328,9 +335,21 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
     options.method = m;
     options.top_k = 10;
     options.temperature = tau;
-    const RetrievalMetrics metrics = score_results(searcher.search(queries, options), expected);
+    options.route_k = teacher.route_k;
+    const auto results = searcher.search(queries, options);
+    const RetrievalMetrics metrics = score_results(results, expected);
     table.emplace_back(m, metrics);
     out["methods"][method_key(m)] = metrics_json(metrics);
+    if (m == Method::SparseTeacher && !results.empty()) {
+      double mean = 0, worst = 0;
+      for (const QueryResult& r : results) {
+        mean += r.uncovered_mass_bound;
+        worst = std::max(worst, double(r.uncovered_mass_bound));
+      }
+      out["methods"][method_key(m)]["route_k"] = teacher.route_k;
+      out["methods"][method_key(m)]["uncovered_mass_bound"] = {{"mean", mean / double(results.size())},
+                                                               {"max", worst}};
+    }
   }
   std::vector<std::pair<float, RetrievalMetrics>> sweep_rows;
   if (!sweep.empty()) {
@@ -352,9 +371,9 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   }
   std::printf("%zu held-out queries, projection \"%s\" (%zu heads), temperature %g\n\n", tests.size(),
               searcher.projection_name().c_str(), searcher.num_heads(), tau);
-  std::printf("  %-12s %8s %8s %8s\n", "method", "R@1", "R@5", "MRR@10");
+  std::printf("  %-15s %8s %8s %8s\n", "method", "R@1", "R@5", "MRR@10");
   for (const auto& [m, r] : table) {
-    std::printf("  %-12s %8s %8s %8.3f\n", std::string(to_string(m)).c_str(),
+    std::printf("  %-15s %8s %8s %8.3f\n", std::string(to_string(m)).c_str(),
                 percent(r.recall_at_1).c_str(), percent(r.recall_at_5).c_str(), r.mrr_at_10);
   }
   if (!sweep_rows.empty()) {
@@ -487,7 +506,7 @@ int main(int argc, char** argv) {
   enc.add_to(*query_cmd);
   TeacherFlags teacher;
   teacher.add_to(*query_cmd);
-  query_cmd->add_option("--method", qf.method, "multi-head, direct or global-w")->capture_default_str();
+  query_cmd->add_option("--method", qf.method, "multi-head, direct, global-w or sparse-teacher")->capture_default_str();
   query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(CLI::PositiveNumber);
   query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(CLI::PositiveNumber);
   query_cmd->add_option("--projection", qf.projection, "Projection name (default: the active one)");
@@ -508,7 +527,7 @@ int main(int argc, char** argv) {
       ->required()->check(CLI::ExistingFile);
   validate_cmd->add_option("--temperature", validate_temperature, "Temperature for multi-head (default: the projection's)")->check(CLI::PositiveNumber);
   validate_cmd->add_option("--sweep-temperature", sweep, "Comma-separated temperatures, e.g. 0.01,0.05,0.1,0.5,1");
-  validate_cmd->add_option("--methods", methods, "Comma-separated subset of direct,global-w,multi-head");
+  validate_cmd->add_option("--methods", methods, "Comma-separated subset of direct,global-w,multi-head,sparse-teacher");
   validate_cmd->add_option("--projection", validate_projection, "Projection name (default: the active one)");
   validate_cmd->add_flag("--json", validate_json, "Print one JSON object");
 

@@ -1,5 +1,5 @@
 // Loads a trained projection and the answer corpus from the store and answers
-// query embeddings by any method (multi-head, direct, global-w).
+// query embeddings by any method (multi-head, direct, global-w, sparse-teacher).
 #include <algorithm>
 #include <mutex>
 #include <numeric>
@@ -19,6 +19,7 @@ std::string_view to_string(Method method) {
     case Method::MultiHead: return "multi-head";
     case Method::Direct: return "direct";
     case Method::GlobalW: return "global-w";
+    case Method::SparseTeacher: return "sparse-teacher";
   }
   return "?";
 }
@@ -29,8 +30,9 @@ Method parse_method(std::string_view name) {
   if (n == "multi-head" || n == "multihead") return Method::MultiHead;
   if (n == "direct") return Method::Direct;
   if (n == "global-w") return Method::GlobalW;
+  if (n == "sparse-teacher" || n == "sparse") return Method::SparseTeacher;
   throw InputError("unknown method \"" + std::string(name) +
-                   "\"; expected multi-head, direct or global-w");
+                   "\"; expected multi-head, direct, global-w or sparse-teacher");
 }
 
 struct Searcher::Impl {
@@ -49,6 +51,14 @@ struct Searcher::Impl {
   mutable std::once_flag global_once;
   mutable GlobalProjection global;
   mutable std::string global_error;
+
+  // The sparse teacher's centroid graph is built on first use.
+  mutable std::once_flag sparse_once;
+  mutable std::unique_ptr<SparseMultiHeadProjection> sparse_teacher;
+  const SparseMultiHeadProjection& sparse() const {
+    std::call_once(sparse_once, [this] { sparse_teacher = std::make_unique<SparseMultiHeadProjection>(teacher); });
+    return *sparse_teacher;
+  }
 
   const GlobalProjection& global_w() const {
     std::call_once(global_once, [this] {
@@ -146,6 +156,7 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   Matrix projected;
   Matrix weights;
+  std::vector<SparseRouting> sparse_routes;
   switch (options.method) {
     case Method::Direct:
       projected = queries;
@@ -156,6 +167,9 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
       break;
     case Method::GlobalW:
       projected = s.global_w().project(queries);
+      break;
+    case Method::SparseTeacher:
+      projected = s.sparse().project(queries, temperature, options.route_k, &sparse_routes);
       break;
   }
   if (projected.cols != s.teacher.dim()) {
@@ -176,6 +190,14 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
       if (!seen.insert(a.cluster_id).second) continue;
       results[q].answers.push_back({a.cluster_id, s.cluster_names.at(a.cluster_id), a.id, a.text, hit.score});
       if (results[q].answers.size() == options.top_k) break;
+    }
+    if (!sparse_routes.empty()) {
+      const SparseRouting& r = sparse_routes[q];
+      results[q].uncovered_mass_bound = r.uncovered_mass_bound;
+      for (std::size_t i = 0; i < std::min(options.routing_top, r.heads.size()); ++i) {
+        const std::int64_t cid = s.head_clusters[r.heads[i]];
+        results[q].routing.push_back({cid, s.cluster_names.at(cid), r.weights[i], r.similarity[i]});
+      }
     }
     if (similarity.rows > 0) {
       const float* w = weights.row(q);
