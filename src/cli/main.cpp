@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cli/progress.hpp"
+#include "cli/scale_commands.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/eval.hpp"
@@ -543,6 +544,11 @@ int main(int argc, char** argv) {
   encode_cmd->add_flag("--json", encode_json, "One JSON line {\"text\", \"embedding\"} per input (default: text<TAB>values)");
   encode_cmd->add_option("text", encode_texts, "Texts (default: read lines from standard input)");
 
+  SynthCommand synth;
+  synth.add_to(app);
+  BenchCommand crossover;
+  crossover.add_to(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -564,6 +570,8 @@ int main(int argc, char** argv) {
     }
     if (*stats_cmd) return run_stats(db, stats_json);
     if (*encode_cmd) return run_encode(enc, encode_json, encode_texts);
+    if (*synth.command) return synth.run();
+    if (*crossover.command) return crossover.run();
   } catch (const ldaproj::InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

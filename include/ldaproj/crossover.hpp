@@ -1,0 +1,79 @@
+// The crossover study: every routing method side by side on synthetic sets
+// of growing size, in one process, measured against the dense teacher.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ldaproj/matrix.hpp"
+#include "ldaproj/synthetic.hpp"
+
+namespace ldaproj {
+
+// The heads of one synthetic set: unit centroids (mean of each cluster's
+// questions) and answers, plus held-out queries.
+struct HeadSet {
+  Matrix centroids;
+  Matrix answers;
+  Matrix queries;
+  std::vector<std::size_t> cluster_domain;  // per head
+};
+
+HeadSet make_head_set(std::size_t clusters, std::size_t questions_per_cluster, std::size_t queries,
+                      std::uint64_t seed);
+
+// A routing method built over a head set: queries in, projected unit
+// embeddings out.
+class ScaleMethod {
+ public:
+  virtual ~ScaleMethod() = default;
+  virtual Matrix project(const Matrix& queries) const = 0;
+  virtual std::size_t memory_bytes() const = 0;
+};
+
+struct ScaleMethodFactory {
+  std::string name;
+  std::function<std::unique_ptr<ScaleMethod>(const HeadSet& heads)> build;
+};
+
+struct CrossoverOptions {
+  std::vector<std::size_t> clusters{1000, 10000, 100000};
+  std::vector<std::string> methods;  // empty: every registered one
+  std::size_t route_k = 64;          // sparse teacher
+  std::size_t queries = 256;         // held-out queries (also the throughput batch)
+  std::size_t questions_per_cluster = 4;
+  float temperature = 0.1f;
+  int threads = 0;
+  std::uint64_t seed = 1;
+  double latency_budget_seconds = 2.0;  // per method and n, for the batch-1 timings
+  std::function<void(const std::string&)> progress;  // status lines, may be empty
+};
+
+struct CrossoverResult {
+  std::size_t clusters = 0;
+  std::string method;
+  double build_seconds = 0;
+  double p50_us = 0, p99_us = 0;  // batch-1 latency
+  double qps_batch = 0;           // queries per second at batch = options.queries
+  double top10_overlap = 0;       // answers ranked by the method vs by the dense teacher
+  double mean_cosine = 0;         // projected embedding vs the dense teacher's
+  std::size_t memory_bytes = 0;
+};
+
+// The methods the library can build: dense-teacher, sparse-teacher.
+std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& options);
+
+std::vector<CrossoverResult> run_crossover(const CrossoverOptions& options,
+                                           const std::function<void(const CrossoverResult&)>& on_result = {});
+
+// Per n: the fastest method (p50) whose top-10 overlap is at least
+// `min_overlap`; the dense teacher when none is.
+std::vector<std::pair<std::size_t, std::string>> recommend(const std::vector<CrossoverResult>& results,
+                                                          double min_overlap = 0.95);
+
+// Latency (p50, log scale) against n (log scale), one line per method.
+std::string crossover_svg(const std::vector<CrossoverResult>& results);
+
+}  // namespace ldaproj

@@ -1,0 +1,40 @@
+// CLI commands for studying scale on synthetic data: `synth` writes a
+// synthetic store, `bench` runs the crossover study.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <string>
+#include <vector>
+
+#include "ldaproj/synthetic.hpp"
+
+namespace ldaproj::cli {
+
+struct SynthCommand {
+  SyntheticSpec spec;
+  std::string out;
+  bool as_json = false;
+  CLI::App* command = nullptr;
+
+  void add_to(CLI::App& app);
+  int run() const;
+};
+
+struct BenchCommand {
+  std::string clusters = "1000,10000,100000";
+  std::string methods;  // empty: every method
+  std::size_t route_k = 64;
+  std::size_t queries = 256;
+  std::size_t questions_per_cluster = 4;
+  int threads = 0;
+  std::string csv = "crossover.csv";
+  std::string plot = "crossover.svg";
+  bool as_json = false;
+  std::uint64_t seed = 1;
+  CLI::App* command = nullptr;
+
+  void add_to(CLI::App& app);
+  int run() const;
+};
+
+}  // namespace ldaproj::cli

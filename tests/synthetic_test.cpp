@@ -1,0 +1,135 @@
+// Synthetic data (deterministic, calibrated to the demo data, written as a
+// normal store) and the crossover study on a small size.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "ldaproj/crossover.hpp"
+#include "ldaproj/error.hpp"
+#include "ldaproj/store.hpp"
+#include "ldaproj/synthetic.hpp"
+#include "ldaproj/train.hpp"
+#include "temp_dir_test_base.hpp"
+
+namespace ldaproj {
+namespace {
+
+struct Collected {
+  Matrix questions{0, 384}, answers;
+  std::vector<std::size_t> labels;
+  std::vector<std::size_t> domains;
+};
+
+Collected collect(const SyntheticSpec& spec) {
+  Collected c;
+  c.answers = Matrix(spec.clusters, spec.dim);
+  c.questions = Matrix(0, spec.dim);
+  generate_synthetic(spec, [&](const SyntheticCluster& k) {
+    c.questions.data.insert(c.questions.data.end(), k.questions.data.begin(), k.questions.data.end());
+    c.questions.rows += k.questions.rows;
+    c.labels.insert(c.labels.end(), k.questions.rows, k.index);
+    std::copy(k.answer.begin(), k.answer.end(), c.answers.row(k.index));
+    c.domains.push_back(k.domain);
+  });
+  return c;
+}
+
+TEST(Synthetic, DeterministicUnitRowsAndDomainsInRange) {
+  SyntheticSpec spec;
+  spec.clusters = 50;
+  spec.questions_per_cluster = 3;
+  spec.domains = 4;
+  const Collected a = collect(spec), b = collect(spec);
+  EXPECT_EQ(a.questions.data, b.questions.data);
+  EXPECT_EQ(a.answers.data, b.answers.data);
+  spec.seed = 2;
+  EXPECT_NE(collect(spec).questions.data, a.questions.data);
+  for (std::size_t i = 0; i < a.questions.rows; ++i) {
+    double sq = 0;
+    for (std::size_t j = 0; j < a.questions.cols; ++j) sq += double(a.questions(i, j)) * a.questions(i, j);
+    EXPECT_NEAR(sq, 1.0, 1e-5);
+  }
+  for (std::size_t d : a.domains) EXPECT_LT(d, 4u);
+}
+
+// The default profile reproduces the demo data's statistics on a set shaped
+// like it (one domain, 31 clusters, 9 questions), averaged over seeds.
+TEST(Synthetic, CalibratedToTheDemoData) {
+  SimilarityStats mean{};
+  const int seeds = 4;
+  for (int seed = 1; seed <= seeds; ++seed) {
+    SyntheticSpec spec;
+    spec.clusters = 31;
+    spec.questions_per_cluster = 9;
+    spec.domains = 1;
+    spec.seed = static_cast<std::uint64_t>(seed);
+    const Collected c = collect(spec);
+    const SimilarityStats s = measure_similarity(c.questions, c.labels, c.answers);
+    mean.intra_mean += s.intra_mean / seeds;
+    mean.intra_std += s.intra_std / seeds;
+    mean.inter_mean += s.inter_mean / seeds;
+    mean.inter_std += s.inter_std / seeds;
+    mean.answer_mean += s.answer_mean / seeds;
+    mean.answer_std += s.answer_std / seeds;
+    mean.nearest_mean += s.nearest_mean / seeds;
+  }
+  std::cout << "[ synth    ] " << describe(mean) << "\n[ demo     ] " << describe(kDemoSimilarity) << "\n";
+  EXPECT_NEAR(mean.intra_mean, kDemoSimilarity.intra_mean, 0.05);
+  EXPECT_NEAR(mean.inter_mean, kDemoSimilarity.inter_mean, 0.05);
+  EXPECT_NEAR(mean.answer_mean, kDemoSimilarity.answer_mean, 0.05);
+  EXPECT_NEAR(mean.nearest_mean, kDemoSimilarity.nearest_mean, 0.07);
+}
+
+class SyntheticStore : public testing_support::TempDirTest {};
+
+TEST_F(SyntheticStore, WritesATrainableStoreAndNeverOverwrites) {
+  SyntheticSpec spec;
+  spec.clusters = 40;
+  spec.questions_per_cluster = 5;
+  spec.dim = 32;
+  const std::string db = file("synth.db").string();
+  write_synthetic_store(spec, db);
+  {
+    Store store = Store::open(db);
+    EXPECT_EQ(store.clusters().size(), 40u);
+    EXPECT_EQ(store.questions().size(), 200u);
+    const auto model = store.find_model("synthetic");
+    ASSERT_TRUE(model.has_value());
+    EXPECT_EQ(store.embeddings(model->id, EntityKind::Question).ids.size(), 200u);
+    EXPECT_EQ(store.embeddings(model->id, EntityKind::Answer).ids.size(), 40u);
+    TeacherTrainOptions options;
+    EXPECT_EQ(train_teacher(store, "synthetic", options).heads, 40u);
+  }
+  EXPECT_THROW(write_synthetic_store(spec, db), InputError);
+  Store store = Store::open(db);
+  EXPECT_EQ(store.clusters().size(), 40u);
+}
+
+TEST(Crossover, SparseWithEveryHeadAgreesWithDense) {
+  CrossoverOptions o;
+  o.clusters = {300};
+  o.route_k = 300;
+  o.queries = 16;
+  o.latency_budget_seconds = 0.01;
+  const auto results = run_crossover(o);
+  ASSERT_EQ(results.size(), 2u);
+  for (const auto& r : results) {
+    EXPECT_EQ(r.clusters, 300u);
+    EXPECT_NEAR(r.top10_overlap, 1.0, 1e-9) << r.method;
+    EXPECT_NEAR(r.mean_cosine, 1.0, 1e-4) << r.method;
+    EXPECT_GT(r.p50_us, 0.0);
+    EXPECT_GE(r.p99_us, r.p50_us);
+    EXPECT_GT(r.qps_batch, 0.0);
+    EXPECT_GT(r.memory_bytes, 300u * 384 * 4);
+  }
+  const auto advice = recommend(results);
+  ASSERT_EQ(advice.size(), 1u);
+  const std::string svg = crossover_svg(results);
+  EXPECT_NE(svg.find("<polyline"), std::string::npos);
+  EXPECT_NE(svg.find("sparse-teacher"), std::string::npos);
+  o.methods = {"no-such-method"};
+  EXPECT_THROW(run_crossover(o), InputError);
+}
+
+}  // namespace
+}  // namespace ldaproj
