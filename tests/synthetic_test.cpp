@@ -6,6 +6,7 @@
 
 #include "ldaproj/crossover.hpp"
 #include "ldaproj/error.hpp"
+#include "ldaproj/search.hpp"
 #include "ldaproj/store.hpp"
 #include "ldaproj/synthetic.hpp"
 #include "ldaproj/train.hpp"
@@ -103,6 +104,54 @@ TEST_F(SyntheticStore, WritesATrainableStoreAndNeverOverwrites) {
   EXPECT_THROW(write_synthetic_store(spec, db), InputError);
   Store store = Store::open(db);
   EXPECT_EQ(store.clusters().size(), 40u);
+}
+
+// A synthetic store is also a quick way to exercise the Searcher with an
+// approximate answer index and the sparse teacher.
+TEST_F(SyntheticStore, SearcherWithApproximateAnswersAndSparseTeacher) {
+  SyntheticSpec spec;
+  spec.clusters = 400;
+  spec.questions_per_cluster = 4;
+  spec.dim = 32;
+  const std::string db = file("synth.db").string();
+  write_synthetic_store(spec, db);
+  Store store = Store::open(db);
+  train_teacher(store, "synthetic", TeacherTrainOptions{});
+  const Searcher exact = Searcher::load(store);
+  SearcherOptions approximate_options;
+  approximate_options.approximate_answers_from = 1;
+  const Searcher approximate = Searcher::load(store, {}, approximate_options);
+  EXPECT_FALSE(exact.answer_index_is_approximate());
+  ASSERT_TRUE(approximate.answer_index_is_approximate());
+  Matrix queries(0, 32);
+  generate_synthetic(spec, [&](const SyntheticCluster& c) {
+    if (c.index % 20 == 0) {
+      queries.data.insert(queries.data.end(), c.questions.row(0), c.questions.row(0) + 32);
+      ++queries.rows;
+    }
+  });
+  EXPECT_GE(approximate.answer_index_recall(queries, 10), 0.95);
+  EXPECT_DOUBLE_EQ(exact.answer_index_recall(queries, 10), 1.0);
+  SearchOptions options;
+  options.method = Method::Direct;
+  options.top_k = 3;
+  const auto want = exact.search(queries, options), got = approximate.search(queries, options);
+  for (std::size_t q = 0; q < want.size(); ++q) EXPECT_EQ(got[q].answers[0].cluster, want[q].answers[0].cluster);
+  // Routing over every head, the sparse teacher answers like the dense one.
+  options.route_k = 400;
+  options.routing_top = 3;
+  options.method = Method::MultiHead;
+  const auto dense = exact.search(queries, options);
+  options.method = Method::SparseTeacher;
+  const auto sparse = exact.search(queries, options);
+  for (std::size_t q = 0; q < dense.size(); ++q) {
+    ASSERT_EQ(sparse[q].answers.size(), dense[q].answers.size());
+    for (std::size_t i = 0; i < dense[q].answers.size(); ++i)
+      EXPECT_EQ(sparse[q].answers[i].cluster, dense[q].answers[i].cluster);
+    ASSERT_EQ(sparse[q].routing.size(), 3u);
+    EXPECT_EQ(sparse[q].routing[0].cluster, dense[q].routing[0].cluster);
+    EXPECT_NEAR(sparse[q].routing[0].weight, dense[q].routing[0].weight, 1e-4);
+  }
 }
 
 TEST(Crossover, SparseWithEveryHeadAgreesWithDense) {

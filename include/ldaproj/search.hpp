@@ -50,14 +50,21 @@ struct QueryResult {
   float uncovered_mass_bound = 0.0f;
 };
 
+struct SearcherOptions {
+  TeacherOptions teacher;  // storage precision and thread cap of the heads
+  // Answer corpora with at least this many answers are searched through an
+  // HNSW graph instead of exactly (answer_index_recall measures the cost).
+  std::size_t approximate_answers_from = 100000;
+  HnswOptions answer_index;
+};
+
 class Searcher {
  public:
   // Loads the named projection (or the active one) with its heads, the answer
   // corpus and, lazily, what global-W needs (so `store` must outlive the
-  // Searcher). `teacher` sets the heads' storage precision and thread cap.
-  // InputError when nothing is trained.
+  // Searcher). InputError when nothing is trained.
   static Searcher load(const Store& store, const std::string& projection_name = {},
-                       const TeacherOptions& teacher = {});
+                       const SearcherOptions& options = {});
 
   // One result per query row (embeddings from the projection's model).
   std::vector<QueryResult> search(const Matrix& query_embeddings,
@@ -68,6 +75,11 @@ class Searcher {
   float temperature() const;
   std::size_t num_heads() const;
   std::size_t num_answers() const;
+  // Whether answers are searched through the HNSW graph, and if so the
+  // fraction of the exact top-k answers it returns for these (projected,
+  // unit) query embeddings; 1 for exact search.
+  bool answer_index_is_approximate() const;
+  double answer_index_recall(const Matrix& projected_queries, std::size_t k) const;
 
   Searcher(Searcher&&) noexcept;
   Searcher& operator=(Searcher&&) noexcept;

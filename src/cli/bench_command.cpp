@@ -46,6 +46,9 @@ void BenchCommand::add_to(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--methods", methods, "Comma-separated subset (default: all: dense-teacher,sparse-teacher)");
   command->add_option("--route-k", route_k, "Heads the sparse teacher routes over")->capture_default_str();
+  command->add_option("--temperature", temperature, "Routing temperature of every method")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   command->add_option("--queries", queries, "Held-out queries per size (also the throughput batch)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -63,6 +66,7 @@ int BenchCommand::run() const {
   o.clusters = parse_list<std::size_t>(clusters, "--clusters");
   if (!methods.empty()) o.methods = parse_list<std::string>(methods, "--methods");
   o.route_k = route_k;
+  o.temperature = temperature;
   o.queries = queries;
   o.questions_per_cluster = questions_per_cluster;
   o.threads = threads;

@@ -63,10 +63,15 @@ struct EncoderFlags {
 struct TeacherFlags {
   std::string precision = "fp32";
   std::size_t route_k = 64;
+  std::size_t approximate_answers_from = SearcherOptions{}.approximate_answers_from;
 
   void add_to(CLI::App& cmd) {
     cmd.add_option("--route-k", route_k,
                    "sparse-teacher: route each query over this many nearest heads (HNSW over the centroids)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    cmd.add_option("--approximate-answers-from", approximate_answers_from,
+                   "Search the answers through an HNSW graph when there are at least this many (else exactly)")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
     cmd.add_option("--precision", precision,
@@ -75,7 +80,13 @@ struct TeacherFlags {
         ->capture_default_str();
   }
 
-  TeacherOptions options(const EncoderFlags& enc) const { return {parse_precision(precision), enc.threads}; }
+  SearcherOptions options(const EncoderFlags& enc) const {
+    SearcherOptions o;
+    o.teacher = {parse_precision(precision), enc.threads};
+    o.approximate_answers_from = approximate_answers_from;
+    o.answer_index.threads = enc.threads;
+    return o;
+  }
 };
 
 void require_existing_db(const std::string& db) {
@@ -318,6 +329,12 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   }
   const Matrix queries = encoder.encode(texts);
   const float tau = temperature.value_or(searcher.temperature());
+  std::optional<double> answer_recall;
+  if (searcher.answer_index_is_approximate()) {
+    Matrix unit = queries;
+    normalize_rows(unit, "query");
+    answer_recall = searcher.answer_index_recall(unit, 10);
+  }
 
   std::vector<Method> methods;
   if (methods_flag.empty()) {
@@ -366,12 +383,17 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
       out["sweep"].push_back(row);
     }
   }
+  if (answer_recall) out["answer_index"] = {{"kind", "hnsw"}, {"recall_at_10", *answer_recall}};
   if (as_json) {
     std::cout << out.dump() << "\n";
     return 0;
   }
-  std::printf("%zu held-out queries, projection \"%s\" (%zu heads), temperature %g\n\n", tests.size(),
+  std::printf("%zu held-out queries, projection \"%s\" (%zu heads), temperature %g\n", tests.size(),
               searcher.projection_name().c_str(), searcher.num_heads(), tau);
+  if (answer_recall) {
+    std::printf("answers searched through an HNSW graph: recall@10 %.3f against exact search\n", *answer_recall);
+  }
+  std::printf("\n");
   std::printf("  %-15s %8s %8s %8s\n", "method", "R@1", "R@5", "MRR@10");
   for (const auto& [m, r] : table) {
     std::printf("  %-15s %8s %8s %8.3f\n", std::string(to_string(m)).c_str(),

@@ -24,6 +24,7 @@ struct BenchCommand {
   std::string clusters = "1000,10000,100000";
   std::string methods;  // empty: every method
   std::size_t route_k = 64;
+  float temperature = 0.1f;
   std::size_t queries = 256;
   std::size_t questions_per_cluster = 4;
   int threads = 0;

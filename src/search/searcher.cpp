@@ -40,7 +40,9 @@ struct Searcher::Impl {
   std::string model_name;
   std::vector<std::int64_t> head_clusters;  // head index -> cluster id
   MultiHeadProjection teacher;
-  FlatIndex answer_index;
+  std::unique_ptr<Index> answer_index;
+  Matrix answer_corpus;  // kept only for an approximate index, to measure its recall
+  std::vector<std::int64_t> answer_labels;
   std::vector<Answer> answers;  // index label -> answer
   std::size_t max_answers_per_cluster = 1;
   std::unordered_map<std::int64_t, std::string> cluster_names;
@@ -94,7 +96,8 @@ Searcher& Searcher::operator=(Searcher&&) noexcept = default;
 Searcher::~Searcher() = default;
 
 Searcher Searcher::load(const Store& store, const std::string& projection_name,
-                        const TeacherOptions& teacher_options) {
+                        const SearcherOptions& searcher_options) {
+  const TeacherOptions& teacher_options = searcher_options.teacher;
   auto projection = store.load_projection(projection_name);
   if (!projection) {
     throw InputError(projection_name.empty()
@@ -146,8 +149,15 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
   }
   if (corpus.rows == 0) throw InputError("no answer has an embedding; run `ldaproj embed` first");
   normalize_rows(corpus, "answer embedding");
-  impl->answer_index = FlatIndex(dim);
-  impl->answer_index.add(corpus, labels);
+  if (corpus.rows >= searcher_options.approximate_answers_from) {
+    impl->answer_index = std::make_unique<HnswIndex>(dim, searcher_options.answer_index);
+    impl->answer_index->add(corpus, labels);
+    impl->answer_corpus = std::move(corpus);
+    impl->answer_labels = std::move(labels);
+  } else {
+    impl->answer_index = std::make_unique<FlatIndex>(dim);
+    impl->answer_index->add(corpus, labels);
+  }
   return Searcher(std::move(impl));
 }
 
@@ -177,7 +187,7 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
                      ", the store's model has " + std::to_string(s.teacher.dim()));
   }
   // Ask for enough answers that top_k distinct clusters survive de-duplication.
-  const auto hits = s.answer_index.search(projected, options.top_k * s.max_answers_per_cluster);
+  const auto hits = s.answer_index->search(projected, options.top_k * s.max_answers_per_cluster);
   std::vector<QueryResult> results(queries.rows);
   Matrix similarity;
   if (options.method == Method::MultiHead && options.routing_top > 0) {
@@ -220,5 +230,14 @@ const std::string& Searcher::projection_name() const { return impl_->projection_
 float Searcher::temperature() const { return impl_->teacher.temperature(); }
 std::size_t Searcher::num_heads() const { return impl_->teacher.num_heads(); }
 std::size_t Searcher::num_answers() const { return impl_->answers.size(); }
+bool Searcher::answer_index_is_approximate() const { return !impl_->answer_corpus.empty(); }
+
+double Searcher::answer_index_recall(const Matrix& projected_queries, std::size_t k) const {
+  const Impl& s = *impl_;
+  if (s.answer_corpus.empty()) return 1.0;
+  FlatIndex exact(s.answer_corpus.cols);
+  exact.add(s.answer_corpus, s.answer_labels);
+  return recall_at_k(exact.search(projected_queries, k), s.answer_index->search(projected_queries, k), k);
+}
 
 }  // namespace ldaproj
