@@ -570,6 +570,8 @@ int main(int argc, char** argv) {
   synth.add_to(app);
   BenchCommand crossover;
   crossover.add_to(app);
+  DomainsCommand domains;
+  domains.add_to(app);
 
   try {
     app.parse(argc, argv);
@@ -594,6 +596,7 @@ int main(int argc, char** argv) {
     if (*encode_cmd) return run_encode(enc, encode_json, encode_texts);
     if (*synth.command) return synth.run();
     if (*crossover.command) return crossover.run();
+    if (*domains.command) return domains.run();
   } catch (const ldaproj::InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

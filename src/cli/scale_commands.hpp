@@ -1,11 +1,12 @@
-// CLI commands for studying scale on synthetic data: `synth` writes a
-// synthetic store, `bench` runs the crossover study.
+// CLI commands for scale: `synth` writes a synthetic store, `bench` runs the
+// crossover study, `domains` splits a projection's heads into domains.
 #pragma once
 #include <CLI/CLI.hpp>
 
 #include <string>
 #include <vector>
 
+#include "ldaproj/domains.hpp"
 #include "ldaproj/synthetic.hpp"
 
 namespace ldaproj::cli {
@@ -36,6 +37,20 @@ struct BenchCommand {
 
   void add_to(CLI::App& app);
   int run() const;
+};
+
+struct DomainsCommand {
+  std::string db;
+  std::string projection;
+  DomainOptions options;
+  std::string method = "kmeans";
+  std::string labels;
+  std::string out;
+  bool as_json = false;
+  CLI::App* command = nullptr;
+
+  void add_to(CLI::App& app);
+  int run();
 };
 
 }  // namespace ldaproj::cli
