@@ -38,11 +38,13 @@ struct SearchOptions {
   std::size_t top_k = 5;
   std::optional<float> temperature;  // default: the projection's own
   std::size_t routing_top = 0;       // > 0: return that many top heads (multi-head)
+  bool include_projection = false;   // fill QueryResult::projection
 };
 
 struct QueryResult {
   std::vector<RankedAnswer> answers;  // best first, one per cluster
   std::vector<RoutingEntry> routing;  // heaviest first
+  std::vector<float> projection;      // the vector answers were ranked by (include_projection)
 };
 
 class Searcher {
