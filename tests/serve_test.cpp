@@ -242,6 +242,24 @@ TEST_F(ServeTest, ProjectAndEmbed) {
   expect_error(post("/v1/embed", json::object()), 400, "missing_input");
 }
 
+TEST_F(ServeTest, BodiesAreJsonWhateverTheContentType) {
+  // curl -d sends application/x-www-form-urlencoded; a batch of embeddings is
+  // far over the 8 KiB httplib allows for form bodies.
+  start();
+  const json batch{{"embeddings", json::array({std::vector<float>(384, 0.01f), std::vector<float>(384, 0.02f),
+                                               std::vector<float>(384, 0.03f)})}};
+  auto c = client();
+  const Reply r = to_reply(c.Post("/v1/search", batch.dump(), "application/x-www-form-urlencoded"));
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.body["results"].size(), 3u);
+  // A POST without a body (no Content-Length) is an empty body.
+  httplib::Request bare;
+  bare.method = "POST";
+  bare.path = "/v1/reload";
+  const Reply reloaded = to_reply(c.send(bare));
+  EXPECT_EQ(reloaded.status, 200) << reloaded.raw;
+}
+
 TEST_F(ServeTest, PageAndMetrics) {
   start();
   Reply r = get("/");

@@ -83,6 +83,9 @@ std::string error_body(const std::string& code, const std::string& message) {
 }
 
 json parse_object(const std::string& body) {
+  if (body.find_first_not_of(" \t\r\n") == std::string::npos) {
+    throw ApiError(400, "invalid_json", "the request body is empty; send a JSON object");
+  }
   json parsed;
   try {
     parsed = json::parse(body);

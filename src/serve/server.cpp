@@ -128,6 +128,7 @@ Store open_store(const fs::path& db) {
 
 // Per-request facts the wrapper records in the metrics.
 struct RequestContext {
+  std::string body;  // POST body
   std::string method_label = "none";
   std::size_t queries = 0;
 };
@@ -287,33 +288,70 @@ struct Server::Impl {
 
   using Handler = std::function<void(const httplib::Request&, httplib::Response&, RequestContext&)>;
 
-  // Every route goes through here: key check, any failure turned into a JSON
-  // error with its status, and the request counted and timed.
-  httplib::Server::Handler wrap(const std::string& endpoint, bool needs_key, Handler handler) {
+  // Every route goes through here: body read under the size limit, key
+  // check, any failure turned into a JSON error with its status, and the
+  // request counted and timed.
+  void handle(const std::string& endpoint, bool needs_key, const Handler& handler, const httplib::Request& req,
+              httplib::Response& res, const httplib::ContentReader* body_reader) {
+    const auto start = std::chrono::steady_clock::now();
+    ++in_flight;
+    RequestContext ctx;
+    res.status = 200;
+    try {
+      // Without a length or chunked encoding a request has no body (RFC 9112).
+      const bool has_body = req.has_header("Content-Length") ||
+                            req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
+      if (body_reader && has_body) read_body(*body_reader, res, ctx.body);
+      if (needs_key) check_key(req);
+      handler(req, res, ctx);
+    } catch (const ApiError& e) {
+      reply_error(res, e.status(), e.code(), e.what());
+    } catch (const InputError& e) {
+      reply_error(res, 422, "invalid_value", e.what());
+    } catch (const std::bad_alloc&) {
+      reply_error(res, 500, "out_of_memory", "the server ran out of memory answering this request");
+    } catch (const std::exception& e) {
+      reply_error(res, 500, "internal", e.what());
+    } catch (...) {
+      reply_error(res, 500, "internal", "unexpected failure");
+    }
+    --in_flight;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    metrics.observe(endpoint, ctx.method_label, res.status, seconds, res.status == 200 ? ctx.queries : 0);
+    log(req, res.status, seconds);
+  }
+
+  // POST bodies are read here rather than by httplib, which would parse
+  // (and cap at 8 KiB) any body sent as application/x-www-form-urlencoded,
+  // curl's default for -d.
+  void read_body(const httplib::ContentReader& reader, httplib::Response& res, std::string& body) const {
+    bool too_large = false;
+    const bool complete = reader([&](const char* data, std::size_t n) {
+      if (body.size() + n > options.max_body_bytes) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (too_large || res.status == 413) {
+      throw ApiError(413, "body_too_large", "the request body is larger than the limit of " +
+                                                std::to_string(options.max_body_bytes) + " bytes");
+    }
+    if (!complete) throw ApiError(400, "bad_request", "the request body could not be read completely");
+  }
+
+  httplib::Server::Handler get_route(const std::string& endpoint, bool needs_key, Handler handler) {
     return [this, endpoint, needs_key, handler = std::move(handler)](const httplib::Request& req,
                                                                       httplib::Response& res) {
-      const auto start = std::chrono::steady_clock::now();
-      ++in_flight;
-      RequestContext ctx;
-      res.status = 200;
-      try {
-        if (needs_key) check_key(req);
-        handler(req, res, ctx);
-      } catch (const ApiError& e) {
-        reply_error(res, e.status(), e.code(), e.what());
-      } catch (const InputError& e) {
-        reply_error(res, 422, "invalid_value", e.what());
-      } catch (const std::bad_alloc&) {
-        reply_error(res, 500, "out_of_memory", "the server ran out of memory answering this request");
-      } catch (const std::exception& e) {
-        reply_error(res, 500, "internal", e.what());
-      } catch (...) {
-        reply_error(res, 500, "internal", "unexpected failure");
-      }
-      --in_flight;
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      metrics.observe(endpoint, ctx.method_label, res.status, seconds, res.status == 200 ? ctx.queries : 0);
-      log(req, res.status, seconds);
+      handle(endpoint, needs_key, handler, req, res, nullptr);
+    };
+  }
+
+  httplib::Server::HandlerWithContentReader post_route(const std::string& endpoint, Handler handler) {
+    return [this, endpoint, handler = std::move(handler)](const httplib::Request& req, httplib::Response& res,
+                                                           const httplib::ContentReader& reader) {
+      handle(endpoint, true, handler, req, res, &reader);
     };
   }
 
@@ -375,8 +413,8 @@ struct Server::Impl {
     return encoder.encode(in.texts);
   }
 
-  void search(const httplib::Request& req, httplib::Response& res, RequestContext& ctx) {
-    const json body = serve::parse_object(req.body);
+  void search(httplib::Response& res, RequestContext& ctx) {
+    const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "top_k",
                                         "temperature", "include_routing", "routing_top"});
     const auto m = snapshot();
@@ -409,8 +447,8 @@ struct Server::Impl {
     reply(res, out);
   }
 
-  void project(const httplib::Request& req, httplib::Response& res, RequestContext& ctx) {
-    const json body = serve::parse_object(req.body);
+  void project(httplib::Response& res, RequestContext& ctx) {
+    const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "temperature",
                                         "routing_top"});
     const auto m = snapshot();
@@ -442,8 +480,8 @@ struct Server::Impl {
     reply(res, out);
   }
 
-  void embed(const httplib::Request& req, httplib::Response& res, RequestContext& ctx) {
-    const json body = serve::parse_object(req.body);
+  void embed(httplib::Response& res, RequestContext& ctx) {
+    const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts"});
     serve::QueryInput in = serve::read_query_input(body, limits, encoder.dim(), false);
     ctx.queries = in.size();
@@ -494,10 +532,10 @@ struct Server::Impl {
     reply(res, {{"projection", m->info.projection}, {"model", m->info.model}, {"clusters", list}});
   }
 
-  void reload_endpoint(Server& owner, const httplib::Request& req, httplib::Response& res) {
+  void reload_endpoint(Server& owner, httplib::Response& res, const RequestContext& ctx) {
     // The body may be empty; when given it must be an empty object.
-    if (req.body.find_first_not_of(" \t\r\n") != std::string::npos) {
-      serve::reject_unknown_fields(serve::parse_object(req.body), {});
+    if (ctx.body.find_first_not_of(" \t\r\n") != std::string::npos) {
+      serve::reject_unknown_fields(serve::parse_object(ctx.body), {});
     }
     const auto before = snapshot();
     try {
@@ -542,24 +580,24 @@ struct Server::Impl {
   }
 
   void register_routes(Server& owner) {
-    http.Post("/v1/search", wrap("/v1/search", true, [this](auto& req, auto& res, auto& ctx) { search(req, res, ctx); }));
-    http.Post("/v1/project", wrap("/v1/project", true, [this](auto& req, auto& res, auto& ctx) { project(req, res, ctx); }));
-    http.Post("/v1/embed", wrap("/v1/embed", true, [this](auto& req, auto& res, auto& ctx) { embed(req, res, ctx); }));
-    http.Post("/v1/reload", wrap("/v1/reload", true, [this, &owner](auto& req, auto& res, auto&) {
-      reload_endpoint(owner, req, res);
+    http.Post("/v1/search", post_route("/v1/search", [this](auto&, auto& res, auto& ctx) { search(res, ctx); }));
+    http.Post("/v1/project", post_route("/v1/project", [this](auto&, auto& res, auto& ctx) { project(res, ctx); }));
+    http.Post("/v1/embed", post_route("/v1/embed", [this](auto&, auto& res, auto& ctx) { embed(res, ctx); }));
+    http.Post("/v1/reload", post_route("/v1/reload", [this, &owner](auto&, auto& res, auto& ctx) {
+      reload_endpoint(owner, res, ctx);
     }));
-    http.Get("/v1/clusters", wrap("/v1/clusters", true, [this](auto& req, auto& res, auto& ctx) { clusters(req, res, ctx); }));
-    http.Get("/v1/info", wrap("/v1/info", true, [this](auto&, auto& res, auto&) { reply(res, info_json(*snapshot())); }));
-    http.Get("/healthz", wrap("/healthz", false, [this](auto&, auto& res, auto&) {
+    http.Get("/v1/clusters", get_route("/v1/clusters", true, [this](auto& req, auto& res, auto& ctx) { clusters(req, res, ctx); }));
+    http.Get("/v1/info", get_route("/v1/info", true, [this](auto&, auto& res, auto&) { reply(res, info_json(*snapshot())); }));
+    http.Get("/healthz", get_route("/healthz", false, [this](auto&, auto& res, auto&) {
       reply(res, {{"status", "ok"}, {"generation", snapshot()->info.generation}});
     }));
-    http.Get("/metrics", wrap("/metrics", true, [this](auto&, auto& res, auto&) {
+    http.Get("/metrics", get_route("/metrics", true, [this](auto&, auto& res, auto&) {
       res.set_content(metrics.render(model_metrics()), "text/plain; version=0.0.4; charset=utf-8");
     }));
-    http.Get("/", wrap("static", false, [](auto& req, auto& res, auto&) { serve_asset(req, res); }));
+    http.Get("/", get_route("static", false, [](auto& req, auto& res, auto&) { serve_asset(req, res); }));
     const serve::WebAssetList assets = serve::web_assets();
     for (const serve::WebAsset* a = assets.begin; a != assets.end; ++a) {
-      http.Get(std::string(a->path), wrap("static", false, [](auto& req, auto& res, auto&) { serve_asset(req, res); }));
+      http.Get(std::string(a->path), get_route("static", false, [](auto& req, auto& res, auto&) { serve_asset(req, res); }));
     }
   }
 
