@@ -499,7 +499,7 @@ int run_serve(ServerOptions options, bool access_log) {
 int main(int argc, char** argv) {
   using namespace ldaproj::cli;
   CLI::App app{"ldaproj: question->answer semantic search by multi-head projection.\n"
-               "Typical flow: import -> embed -> train -> query/validate."};
+               "Typical flow: import -> embed -> train -> query/validate/serve."};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("ldaproj ") + LDAPROJ_VERSION_STRING);
 

@@ -104,7 +104,8 @@ struct LoadedModel {
   std::vector<MethodInfo> methods;
   std::vector<ClusterInfo> clusters;
   std::unordered_map<std::string, std::string> display_names;  // cluster id -> name
-  std::string centroid_method, created_at, metrics_json;
+  std::string centroid_method, created_at;
+  json training_metrics = json::object();  // what `train` stored with the projection
   double loaded_at = 0.0;
 
   LoadedModel(Store s, const std::string& projection)
@@ -246,7 +247,8 @@ struct Server::Impl {
       }
       m->centroid_method = projection->centroid_method;
       m->created_at = projection->created_at;
-      m->metrics_json = projection->metrics_json;
+      const json stored = json::parse(projection->metrics_json, nullptr, false);
+      if (stored.is_object()) m->training_metrics = stored;
     }
     m->loaded_at = unix_seconds();
     return m;
@@ -510,6 +512,7 @@ struct Server::Impl {
             {"answers", m.info.answers},
             {"centroid_method", m.centroid_method},
             {"created_at", m.created_at},
+            {"training_metrics", m.training_metrics},
             {"methods", methods},
             {"default_method", "multi-head"},
             {"generation", m.info.generation},
@@ -622,6 +625,8 @@ Server::Server(ServerOptions options) {
   encoder_options.max_tokens = options.max_tokens;
   encoder_options.threads = 1;  // parallelism comes from concurrent requests
   Encoder encoder = Encoder::load(resolve_model_dir(options.model_dir), encoder_options);
+  // Also sets OpenBLAS to one thread before any request runs a GEMM.
+  encoder.encode({"warm up"});
   impl_ = std::make_unique<Impl>(std::move(options), std::move(encoder));
   impl_->model.store(impl_->load_model(1));
 
