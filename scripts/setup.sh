@@ -11,9 +11,10 @@ packages=(
   libeigen3-dev libopenblas-dev libssl-dev libcpp-httplib-dev libhnswlib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nodejs npm
+  chromium chromium-driver python3-selenium
 )
 if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(python3-numpy python3-torch hyperfine)
+  packages+=(python3-numpy python3-torch hyperfine wrk)
 fi
 
 missing=()

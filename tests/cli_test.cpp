@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "cli_support.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/store.hpp"
 
@@ -18,25 +19,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
+using ldaproj::testing_support::CliRun;
 
-CliRun run(const std::string& args) {
-  const std::string cmd = std::string(LDAPROJ_CLI_PATH) + " " + args + " 2>&1";
-  CliRun r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf{};
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+CliRun run(const std::string& args) { return ldaproj::testing_support::run_cli(args); }
 
-std::string demo(const char* name) { return std::string(LDAPROJ_SOURCE_DIR) + "/data/demo/" + name; }
+std::string demo(const char* name) { return ldaproj::testing_support::demo_file(name); }
 
 class CliDemo : public ::testing::Test {
  protected:

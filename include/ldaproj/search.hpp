@@ -41,6 +41,7 @@ struct SearchOptions {
   std::optional<float> temperature;  // default: the projection's own
   std::size_t routing_top = 0;       // > 0: return that many top heads (multi-head, sparse-teacher)
   std::size_t route_k = 64;          // sparse-teacher: heads routed over per query
+  bool include_projection = false;   // fill QueryResult::projection
 };
 
 struct QueryResult {
@@ -48,6 +49,7 @@ struct QueryResult {
   std::vector<RoutingEntry> routing;  // heaviest first
   // sparse-teacher: bound on the softmax mass of the heads it left out.
   float uncovered_mass_bound = 0.0f;
+  std::vector<float> projection;      // the vector answers were ranked by (include_projection)
 };
 
 struct SearcherOptions {

@@ -1,7 +1,13 @@
 // The ldaproj command line: import, embed, train, query, validate, stats,
-// encode. Exit codes: 0 ok, 1 failure, 2 usage.
+// encode, serve. Exit codes: 0 ok, 1 failure, 2 usage.
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -22,6 +28,7 @@
 #include "ldaproj/eval.hpp"
 #include "ldaproj/importer.hpp"
 #include "ldaproj/search.hpp"
+#include "ldaproj/server.hpp"
 #include "ldaproj/store.hpp"
 #include "ldaproj/train.hpp"
 
@@ -477,13 +484,79 @@ int run_encode(const EncoderFlags& enc, bool as_json, std::vector<std::string> t
   return 0;
 }
 
+// ---------------------------------------------------------------- serve
+// Signals reach the main loop through a pipe: the handler may run on any
+// thread (OpenBLAS starts its own before main) and may only write().
+int signal_pipe[2] = {-1, -1};
+
+extern "C" void forward_signal(int signo) {
+  const int saved = errno;
+  const unsigned char byte = static_cast<unsigned char>(signo);
+  [[maybe_unused]] const auto n = write(signal_pipe[1], &byte, 1);
+  errno = saved;
+}
+
+int run_serve(ServerOptions options, bool access_log) {
+  require_existing_db(options.db.string());
+  if (options.api_key.empty()) {
+    if (const char* key = std::getenv("LDAPROJ_API_KEY"); key && *key) options.api_key = key;
+  }
+  if (access_log) {
+    options.access_log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  }
+  const bool loopback = options.host == "127.0.0.1" || options.host == "localhost" || options.host == "::1";
+  if (!loopback && options.api_key.empty()) {
+    std::fprintf(stderr, "warning: serving on %s without --api-key: anyone who can reach this address "
+                 "can query the store\n", options.host.c_str());
+  }
+  if (pipe(signal_pipe) != 0) throw Error("cannot create the signal pipe");
+  fcntl(signal_pipe[1], F_SETFL, O_NONBLOCK);
+  struct sigaction action {};
+  action.sa_handler = forward_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  for (int signo : {SIGHUP, SIGINT, SIGTERM}) sigaction(signo, &action, nullptr);
+
+  Server server(options);
+  const int port = server.start();
+  const ServedModel m = server.served();
+  std::string methods;
+  for (const auto& name : m.methods) methods += (methods.empty() ? "" : ", ") + name;
+  std::printf("ldaproj serve: listening on http://%s:%d/ (projection \"%s\", %zu heads, %zu answers; "
+              "methods %s)%s\n",
+              options.host.find(':') != std::string::npos ? ("[" + options.host + "]").c_str() : options.host.c_str(),
+              port, m.projection.c_str(), m.heads, m.answers, methods.c_str(),
+              options.api_key.empty() ? "" : "; API key required");
+  std::printf("ldaproj serve: SIGHUP or POST /v1/reload reloads the model; Ctrl-C stops\n");
+  std::fflush(stdout);
+
+  for (;;) {
+    unsigned char signo = 0;
+    const ssize_t n = read(signal_pipe[0], &signo, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || signo != SIGHUP) break;
+    try {
+      const ServedModel fresh = server.reload();
+      std::printf("ldaproj serve: reloaded projection \"%s\" (generation %llu, %zu heads)\n",
+                  fresh.projection.c_str(), static_cast<unsigned long long>(fresh.generation), fresh.heads);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ldaproj serve: reload failed, still serving the previous model: %s\n", e.what());
+    }
+    std::fflush(stdout);
+  }
+  std::printf("ldaproj serve: stopping\n");
+  std::fflush(stdout);
+  server.stop();
+  return 0;
+}
+
 }  // namespace
 }  // namespace ldaproj::cli
 
 int main(int argc, char** argv) {
   using namespace ldaproj::cli;
   CLI::App app{"ldaproj: question->answer semantic search by multi-head projection.\n"
-               "Typical flow: import -> embed -> train -> query/validate."};
+               "Typical flow: import -> embed -> train -> query/validate/serve."};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("ldaproj ") + LDAPROJ_VERSION_STRING);
 
@@ -566,6 +639,37 @@ int main(int argc, char** argv) {
   encode_cmd->add_flag("--json", encode_json, "One JSON line {\"text\", \"embedding\"} per input (default: text<TAB>values)");
   encode_cmd->add_option("text", encode_texts, "Texts (default: read lines from standard input)");
 
+  ldaproj::ServerOptions serve_options;
+  bool serve_log = false;
+  std::string serve_db, serve_model;
+  auto* serve_cmd = app.add_subcommand("serve", "Serve the JSON API and the web page over HTTP");
+  serve_cmd->add_option("--db", serve_db, "SQLite database file with a trained projection")->required();
+  serve_cmd->add_option("--host", serve_options.host, "Address to listen on (loopback by default)")->capture_default_str();
+  serve_cmd->add_option("--port", serve_options.port, "TCP port; 0 picks a free one")->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  serve_cmd->add_option("--threads", serve_options.threads, "Request worker threads (default: cores, at least 4)")
+      ->check(CLI::NonNegativeNumber);
+  serve_cmd->add_option("--api-key", serve_options.api_key,
+                        "Require \"Authorization: Bearer KEY\" on /v1/* and /metrics (default: $LDAPROJ_API_KEY)");
+  serve_cmd->add_option("--projection", serve_options.projection, "Projection name (default: the active one)");
+  serve_cmd->add_option("--model", serve_model,
+                        "Model directory (default: $LDAPROJ_MODEL, else the bundled all-MiniLM-L6-v2)");
+  serve_cmd->add_option("--max-tokens", serve_options.max_tokens, "Encoder truncation in tokens")
+      ->capture_default_str()->check(CLI::Range(2, 512));
+  serve_cmd->add_option("--max-body-bytes", serve_options.max_body_bytes, "Largest request body")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--max-batch", serve_options.max_batch, "Most texts or embeddings per request")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--max-text-bytes", serve_options.max_text_bytes, "Longest text, in UTF-8 bytes")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--timeout", serve_options.timeout_seconds, "Seconds to read a request or write a response")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_flag("--log", serve_log, "Print one line per request to standard error");
+  serve_cmd->footer(
+      "Endpoints: POST /v1/search, /v1/project, /v1/embed, /v1/reload; GET /v1/clusters, /v1/info,\n"
+      "/healthz, /metrics; the web page at /. Errors are {\"error\":{\"code\",\"message\"}}.\n"
+      "SIGHUP (or POST /v1/reload) loads a newly trained model without dropping requests.\n"
+      "See docs/API.md.");
   SynthCommand synth;
   synth.add_to(app);
   BenchCommand crossover;
@@ -594,6 +698,11 @@ int main(int argc, char** argv) {
     }
     if (*stats_cmd) return run_stats(db, stats_json);
     if (*encode_cmd) return run_encode(enc, encode_json, encode_texts);
+    if (*serve_cmd) {
+      serve_options.db = serve_db;
+      serve_options.model_dir = serve_model;
+      return run_serve(serve_options, serve_log);
+    }
     if (*synth.command) return synth.run();
     if (*crossover.command) return crossover.run();
     if (*domains.command) return domains.run();

@@ -194,6 +194,9 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
     similarity = s.teacher.route_scores(queries);
   }
   for (std::size_t q = 0; q < queries.rows; ++q) {
+    if (options.include_projection) {
+      results[q].projection.assign(projected.row(q), projected.row(q) + projected.cols);
+    }
     std::unordered_set<std::int64_t> seen;
     for (const Hit& hit : hits[q]) {
       const Answer& a = s.answers[static_cast<std::size_t>(hit.label)];
