@@ -9,6 +9,7 @@
 
 #include "ldaproj/matrix.hpp"
 #include "ldaproj/synthetic.hpp"
+#include "ldaproj/teacher.hpp"
 
 namespace ldaproj {
 
@@ -33,9 +34,12 @@ class ScaleMethod {
   virtual std::size_t memory_bytes() const = 0;
 };
 
+// `dense` is the dense teacher over the same heads; copies of it share its
+// storage, so methods built on it cost no extra memory for the heads. By
+// then heads.centroids has been released (dense.centroids() has them).
 struct ScaleMethodFactory {
   std::string name;
-  std::function<std::unique_ptr<ScaleMethod>(const HeadSet& heads)> build;
+  std::function<std::unique_ptr<ScaleMethod>(const HeadSet& heads, const MultiHeadProjection& dense)> build;
 };
 
 struct CrossoverOptions {

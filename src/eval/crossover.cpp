@@ -26,8 +26,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 class DenseMethod final : public ScaleMethod {
  public:
-  DenseMethod(const HeadSet& heads, float temperature, int threads)
-      : teacher_(heads.centroids, heads.answers, temperature, {Precision::F32, threads}) {}
+  explicit DenseMethod(const MultiHeadProjection& dense) : teacher_(dense) {}
   Matrix project(const Matrix& queries) const override { return teacher_.project(queries); }
   std::size_t memory_bytes() const override { return teacher_.storage_bytes(); }
 
@@ -37,9 +36,8 @@ class DenseMethod final : public ScaleMethod {
 
 class SparseMethod final : public ScaleMethod {
  public:
-  SparseMethod(const HeadSet& heads, float temperature, int threads, std::size_t route_k)
-      : sparse_(MultiHeadProjection(heads.centroids, heads.answers, temperature, {Precision::F32, threads}),
-                HnswOptions{.threads = threads}),
+  SparseMethod(const MultiHeadProjection& dense, float temperature, int threads, std::size_t route_k)
+      : sparse_(dense, HnswOptions{.threads = threads}),
         temperature_(temperature),
         route_k_(route_k) {}
   Matrix project(const Matrix& queries) const override { return sparse_.project(queries, temperature_, route_k_); }
@@ -52,22 +50,26 @@ class SparseMethod final : public ScaleMethod {
 };
 
 // Indices of the 10 answers with the highest cosine to each projected row.
+// Queries go through in groups so the score block stays small at n = 1M.
 std::vector<std::vector<std::size_t>> top10(const Matrix& answers, const Matrix& projected) {
-  Matrix scores(projected.rows, answers.rows);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(projected.rows),
-              static_cast<int>(answers.rows), static_cast<int>(answers.cols), 1.0f, projected.data.data(),
-              static_cast<int>(projected.cols), answers.data.data(), static_cast<int>(answers.cols), 0.0f,
-              scores.data.data(), static_cast<int>(answers.rows));
+  constexpr std::size_t kGroup = 16;
   std::vector<std::vector<std::size_t>> out(projected.rows);
   const std::size_t k = std::min<std::size_t>(10, answers.rows);
-  for (std::size_t q = 0; q < projected.rows; ++q) {
-    std::vector<std::size_t> order(answers.rows);
-    std::iota(order.begin(), order.end(), 0);
-    const float* s = scores.row(q);
-    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
-                      [s](std::size_t a, std::size_t b) { return s[a] > s[b]; });
-    order.resize(k);
-    out[q] = std::move(order);
+  Matrix scores(kGroup, answers.rows);
+  std::vector<std::size_t> order(answers.rows);
+  for (std::size_t q0 = 0; q0 < projected.rows; q0 += kGroup) {
+    const std::size_t count = std::min(kGroup, projected.rows - q0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(count), static_cast<int>(answers.rows),
+                static_cast<int>(answers.cols), 1.0f, projected.row(q0), static_cast<int>(projected.cols),
+                answers.data.data(), static_cast<int>(answers.cols), 0.0f, scores.data.data(),
+                static_cast<int>(answers.rows));
+    for (std::size_t q = 0; q < count; ++q) {
+      std::iota(order.begin(), order.end(), 0);
+      const float* s = scores.row(q);
+      std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
+                        [s](std::size_t a, std::size_t b) { return s[a] > s[b]; });
+      out[q0 + q].assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k));
+    }
   }
   return out;
 }
@@ -115,9 +117,11 @@ HeadSet make_head_set(std::size_t clusters, std::size_t questions_per_cluster, s
 std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& o) {
   return {
       {"dense-teacher",
-       [o](const HeadSet& h) { return std::make_unique<DenseMethod>(h, o.temperature, o.threads); }},
+       [](const HeadSet&, const MultiHeadProjection& dense) { return std::make_unique<DenseMethod>(dense); }},
       {"sparse-teacher",
-       [o](const HeadSet& h) { return std::make_unique<SparseMethod>(h, o.temperature, o.threads, o.route_k); }},
+       [o](const HeadSet&, const MultiHeadProjection& dense) {
+         return std::make_unique<SparseMethod>(dense, o.temperature, o.threads, o.route_k);
+       }},
   };
 }
 
@@ -145,9 +149,10 @@ std::vector<CrossoverResult> run_crossover(const CrossoverOptions& o,
   for (std::size_t n : o.clusters) {
     if (n < 2) throw InputError("bench: every cluster count must be at least 2");
     say("n = " + std::to_string(n) + ": generating synthetic heads");
-    const HeadSet heads = make_head_set(n, o.questions_per_cluster, o.queries, o.seed);
+    HeadSet heads = make_head_set(n, o.questions_per_cluster, o.queries, o.seed);
     // The reference: the dense teacher's projections of the same queries.
     const MultiHeadProjection dense(heads.centroids, heads.answers, o.temperature, {Precision::F32, o.threads});
+    heads.centroids = Matrix();  // the dense teacher holds them now; at n = 1M that is 1.5 GB
     const Matrix reference = dense.project(heads.queries);
     const auto reference_top = top10(heads.answers, reference);
     for (const ScaleMethodFactory& factory : methods) {
@@ -156,7 +161,7 @@ std::vector<CrossoverResult> run_crossover(const CrossoverOptions& o,
       r.clusters = n;
       r.method = factory.name;
       auto t0 = std::chrono::steady_clock::now();
-      const std::unique_ptr<ScaleMethod> method = factory.build(heads);
+      const std::unique_ptr<ScaleMethod> method = factory.build(heads, dense);
       r.build_seconds = seconds_since(t0);
       r.memory_bytes = method->memory_bytes();
 
