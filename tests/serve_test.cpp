@@ -392,11 +392,25 @@ TEST_F(ServeTest, EveryErrorIsJsonWithItsStatus) {
   ASSERT_EQ(connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
   const std::string garbage = "\x01\x02 not http at all\r\n\r\n";
   ASSERT_EQ(send(sock, garbage.data(), garbage.size(), 0), static_cast<ssize_t>(garbage.size()));
-  std::string answer(4096, '\0');
-  const ssize_t n = recv(sock, answer.data(), answer.size(), 0);
+  const timeval receive_timeout{10, 0};  // a server that never answers fails the test instead of hanging it
+  setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &receive_timeout, sizeof receive_timeout);
+  // The server may send headers and body in separate segments: read until it closes the connection
+  // or the whole body named by Content-Length has arrived.
+  std::string answer;
+  for (;;) {
+    char chunk[4096];
+    const ssize_t n = recv(sock, chunk, sizeof chunk, 0);
+    if (n <= 0) break;
+    answer.append(chunk, static_cast<std::size_t>(n));
+    const std::size_t header_end = answer.find("\r\n\r\n");
+    const std::size_t length_at = answer.find("Content-Length: ");
+    if (header_end != std::string::npos && length_at != std::string::npos && length_at < header_end) {
+      const std::size_t length = std::stoul(answer.substr(length_at + 16));
+      if (answer.size() >= header_end + 4 + length) break;
+    }
+  }
   close(sock);
-  ASSERT_GT(n, 0);
-  answer.resize(static_cast<std::size_t>(n));
+  ASSERT_FALSE(answer.empty());
   EXPECT_EQ(answer.rfind("HTTP/1.1 400", 0), 0u) << answer;
   EXPECT_NE(answer.find("\"code\":\"bad_request\""), std::string::npos) << answer;
 
