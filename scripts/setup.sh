@@ -10,10 +10,11 @@ packages=(
   libsqlite3-dev nlohmann-json3-dev libcli11-dev libutf8proc-dev
   libeigen3-dev libopenblas-dev libssl-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libtorch-dev python3-torch
   nodejs npm
 )
 if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(python3-numpy python3-torch hyperfine)
+  packages+=(python3-numpy hyperfine)
 fi
 
 missing=()
