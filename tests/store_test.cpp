@@ -103,10 +103,11 @@ TEST_F(StoreTest, CreatesSchemaInWalModeAndReopens) {
     first_dump = store_detail::logical_dump(store);
   }
   for (const char* table : {"clusters", "questions", "answers", "embedding_models", "question_embeddings",
-                            "answer_embeddings", "projections", "projection_heads", "import_batches"}) {
+                            "answer_embeddings", "projections", "projection_heads", "import_batches",
+                            "students", "student_tensors"}) {
     EXPECT_NE(first_dump.find(std::string("table ") + table + " (0 rows)"), std::string::npos) << table;
   }
-  EXPECT_NE(first_dump.find("user_version=1\n"), std::string::npos);
+  EXPECT_NE(first_dump.find("user_version=" + std::to_string(kSchemaVersion) + "\n"), std::string::npos);
 
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);

@@ -1,5 +1,6 @@
 // Answering queries from a trained store by any method: the multi-head
-// teacher, the direct cosine baseline or the global-W baseline.
+// teacher, its distilled student, the direct cosine baseline or the global-W
+// baseline.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -13,10 +14,10 @@
 
 namespace ldaproj {
 
-enum class Method { MultiHead, Direct, GlobalW };
-std::string_view to_string(Method method);  // "multi-head", "direct", "global-w"
+enum class Method { MultiHead, Direct, GlobalW, Student };
+std::string_view to_string(Method method);  // "multi-head", "direct", "global-w", "student"
 Method parse_method(std::string_view name);  // accepts - or _; InputError otherwise
-inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead};
+inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead, Method::Student};
 
 struct RankedAnswer {
   std::int64_t cluster_id = 0;
@@ -47,14 +48,23 @@ struct QueryResult {
 
 class Searcher {
  public:
-  // Loads the named projection (or the active one) with its heads, the answer
-  // corpus and, lazily, what global-W needs (so `store` must outlive the
-  // Searcher). InputError when nothing is trained.
+  // Loads the named projection (or the active one) with its heads, its
+  // student when one was distilled, the answer corpus and, lazily, what
+  // global-W needs (so `store` must outlive the Searcher). InputError when
+  // nothing is trained.
   static Searcher load(const Store& store, const std::string& projection_name = {});
 
   // One result per query row (embeddings from the projection's model).
+  // Method::Student without a student is an InputError naming `ldaproj distill`.
   std::vector<QueryResult> search(const Matrix& query_embeddings,
                                   const SearchOptions& options) const;
+  // The unit-length vectors a method ranks answers by (queries x dim).
+  Matrix project(const Matrix& query_embeddings, const SearchOptions& options) const;
+  // Ranks answers for already projected unit vectors.
+  std::vector<QueryResult> rank(const Matrix& projected, std::size_t top_k) const;
+
+  bool has_student() const;
+  std::size_t student_parameters() const;  // 0 without a student
 
   const std::string& model_name() const;
   const std::string& projection_name() const;

@@ -274,9 +274,12 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
                               const DistillObserver& observer) {
   check_options(options);
   const auto start = std::chrono::steady_clock::now();
-  const int threads = thread_count(options.threads);
-  torch::set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  // The cores go to OpenBLAS, which does the matrix products (nearly all of
+  // the work); torch's own OpenMP pool stays at one thread. Its workers
+  // busy-wait between operations, and on a machine shared with other jobs
+  // two of them made training 15-20x slower than one.
+  torch::set_num_threads(1);
+  openblas_set_num_threads(thread_count(options.threads));
 
   const DistillData data = make_distill_data(teacher, questions, head_of_question, options.data);
   std::vector<std::size_t> group_of_head;
