@@ -1,5 +1,5 @@
 // The ldaproj command line: import, embed, train, distill, query, validate,
-// stats, export, encode. Exit codes: 0 ok, 1 failure, 2 usage.
+// stats, export, synth, encode. Exit codes: 0 ok, 1 failure, 2 usage.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -14,6 +14,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "cli/progress.hpp"
@@ -25,6 +26,7 @@
 #include "ldaproj/search.hpp"
 #include "ldaproj/store.hpp"
 #include "ldaproj/student.hpp"
+#include "ldaproj/synth.hpp"
 #include "ldaproj/train.hpp"
 
 namespace fs = std::filesystem;
@@ -322,6 +324,52 @@ int run_export(const std::string& db, const std::string& projection_name, const 
                              {"created_at", student->created_at}});
   std::printf("%s: student of projection \"%s\" (%zu parameters)\n", out_file.c_str(), student->projection.c_str(),
               student->weights.parameter_count());
+  return 0;
+}
+
+// ---------------------------------------------------------------- synth
+int run_synth(const SynthOptions& base, const std::string& out, const std::string& like, bool as_json) {
+  SynthOptions options = base;
+  std::string target_name = "bundled demo data (all-MiniLM-L6-v2)";
+  if (!like.empty()) {
+    require_existing_db(like);
+    const Store reference = Store::open_read_only(like);
+    const std::string model = pick_embedding_model(reference, "");
+    options.target = measure_store_similarity(reference, model);
+    target_name = like + " (" + model + ")";
+  }
+  const SynthData data = generate_synthetic(options);
+  const std::string model = write_synthetic_store(out, data, options.dim);
+  const SimilarityStats got = measure_similarity(data.questions, data.cluster_of_question, data.answers,
+                                                 [&] {
+                                                   std::vector<std::size_t> c(data.answers.rows);
+                                                   for (std::size_t i = 0; i < c.size(); ++i) c[i] = i;
+                                                   return c;
+                                                 }(),
+                                                 options.clusters, options.seed);
+  const SimilarityStats& want = options.target;
+  const std::vector<std::tuple<const char*, double, double>> rows{
+      {"question to own centroid", want.question_to_own_centroid, got.question_to_own_centroid},
+      {"question pair, same cluster", want.question_pair_same_cluster, got.question_pair_same_cluster},
+      {"question pair, other clusters", want.question_pair_other_cluster, got.question_pair_other_cluster},
+      {"centroid pair", want.centroid_pair, got.centroid_pair},
+      {"nearest other centroid", want.centroid_nearest, got.centroid_nearest},
+      {"answer to own centroid", want.answer_to_own_centroid, got.answer_to_own_centroid},
+      {"answer to other centroid", want.answer_to_other_centroid, got.answer_to_other_centroid},
+      {"answer pair", want.answer_pair, got.answer_pair}};
+  if (as_json) {
+    json j{{"database", out}, {"model", model}, {"clusters", options.clusters},
+           {"questions", data.questions.rows}, {"target", target_name}, {"statistics", json::array()}};
+    for (const auto& [name, t, g] : rows) j["statistics"].push_back({{"name", name}, {"target", t}, {"synthetic", g}});
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::printf("%s: %zu clusters, %zu questions, %zu answers, %zu-d embeddings as model %s\n", out.c_str(),
+              options.clusters, data.questions.rows, data.answers.rows, options.dim, model.c_str());
+  std::printf("mean cosines, target from %s:\n  %-32s %8s %10s\n", target_name.c_str(), "statistic", "target",
+              "synthetic");
+  for (const auto& [name, t, g] : rows) std::printf("  %-32s %8.3f %10.3f\n", name, t, g);
+  std::printf("next: ldaproj train --db %s && ldaproj distill --db %s\n", out.c_str(), out.c_str());
   return 0;
 }
 
@@ -704,6 +752,25 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--projection", export_projection, "Projection whose student to export (default: the active one)");
   export_cmd->add_option("--out", export_out, "Output .safetensors file")->required();
 
+  ldaproj::SynthOptions synth_options;
+  std::string synth_out, synth_like;
+  bool synth_json = false;
+  auto* synth_cmd = app.add_subcommand("synth", "Write a store of synthetic, calibrated Q-A embeddings for scale studies");
+  synth_cmd->add_option("--clusters", synth_options.clusters, "Clusters (one answer each)")->required()
+      ->check(CLI::Range(2, 10000000));
+  synth_cmd->add_option("--questions-per-cluster", synth_options.questions_per_cluster, "Questions per cluster")
+      ->capture_default_str()->check(CLI::Range(1, 10000));
+  synth_cmd->add_option("--clusters-per-domain", synth_options.clusters_per_domain,
+                        "Clusters sharing a domain direction (the close neighbours)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  synth_cmd->add_option("--dim", synth_options.dim, "Embedding dimension")->capture_default_str()->check(CLI::Range(8, 65536));
+  synth_cmd->add_option("--seed", synth_options.seed, "Seed")->capture_default_str();
+  synth_cmd->add_option("--like", synth_like, "Calibrate to this store's statistics instead of the bundled demo data's");
+  synth_cmd->add_option("--out", synth_out, "New database file")->required();
+  synth_cmd->add_flag("--json", synth_json, "Print JSON");
+  synth_cmd->footer("Domains -> clusters -> questions, answers correlated with their cluster; the mixing weights\n"
+                    "are solved so that the mean cosines match the target, and both are printed.");
+
   QueryFlags qf;
   std::vector<std::string> query_texts;
   std::optional<float> query_temperature;
@@ -759,6 +826,7 @@ int main(int argc, char** argv) {
     if (*import_cmd) return run_import(db, files, import_projection);
     if (*distill_cmd) return run_distill(db, df);
     if (*export_cmd) return run_export(db, export_projection, export_out);
+    if (*synth_cmd) return run_synth(synth_options, synth_out, synth_like, synth_json);
     if (*embed_cmd) return run_embed(db, enc, embed_batch, quiet);
     if (*train_cmd) return run_train(db, embedding_model, temperature, name, centroid);
     if (*query_cmd) {

@@ -111,15 +111,19 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
   }
 
   // Hold out whole questions per cluster, always leaving one to train on.
+  // Rounding is stochastic so that clusters with few questions still lose
+  // one now and then and the overall share stays the requested one.
   DistillData data;
   data.train_inputs = Matrix(0, d);
   data.validation_inputs = Matrix(0, d);
   std::vector<std::vector<std::size_t>> train_of_head(heads);
   std::vector<std::size_t> train, held_out;
+  std::uniform_real_distribution<double> unit_interval(0.0, 1.0);
   for (std::size_t h = 0; h < heads; ++h) {
     auto rows = by_head[h];
     std::shuffle(rows.begin(), rows.end(), rng);
-    std::size_t hold = static_cast<std::size_t>(std::floor(options.validation_fraction * double(rows.size()) + 0.5));
+    std::size_t hold =
+        static_cast<std::size_t>(std::floor(options.validation_fraction * double(rows.size()) + unit_interval(rng)));
     if (hold >= rows.size()) hold = rows.empty() ? 0 : rows.size() - 1;
     held_out.insert(held_out.end(), rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(hold));
     train_of_head[h].assign(rows.begin() + static_cast<std::ptrdiff_t>(hold), rows.end());
@@ -131,20 +135,33 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
   std::vector<std::size_t> heads_with_questions;
   for (std::size_t h = 0; h < heads; ++h)
     if (!train_of_head[h].empty()) heads_with_questions.push_back(h);
-  // Nearest other clusters (by centroid) that have training questions.
-  Matrix centroid_sim;
-  detail::gemm_abt(teacher.centroids(), teacher.centroids(), centroid_sim);
+  // Nearest other clusters (by centroid) that have training questions, for
+  // the heads "across" will draw from; computed in slices so that a teacher
+  // with many heads never needs its full heads x heads similarity matrix.
   std::vector<std::vector<std::size_t>> neighbours(heads);
-  for (std::size_t h = 0; h < heads; ++h) {
-    std::vector<std::size_t> others;
-    for (std::size_t o : heads_with_questions)
-      if (o != h) others.push_back(o);
-    const std::size_t take = std::min(kAcrossNeighbours, others.size());
-    std::partial_sort(others.begin(), others.begin() + static_cast<std::ptrdiff_t>(take), others.end(),
-                      [&](std::size_t a, std::size_t b) { return centroid_sim(h, a) > centroid_sim(h, b); });
-    others.resize(take);
-    neighbours[h] = std::move(others);
-  }
+  auto find_neighbours = [&](const std::vector<std::size_t>& wanted) {
+    constexpr std::size_t kSlice = 256;
+    const Matrix& c = teacher.centroids();
+    for (std::size_t begin = 0; begin < wanted.size(); begin += kSlice) {
+      const std::size_t end = std::min(wanted.size(), begin + kSlice);
+      Matrix slice(end - begin, d);
+      for (std::size_t i = begin; i < end; ++i) std::copy(c.row(wanted[i]), c.row(wanted[i]) + d, slice.row(i - begin));
+      Matrix sim;
+      detail::gemm_abt(slice, c, sim);
+      for (std::size_t i = begin; i < end; ++i) {
+        const std::size_t h = wanted[i];
+        const float* row = sim.row(i - begin);
+        std::vector<std::size_t> others;
+        for (std::size_t o : heads_with_questions)
+          if (o != h) others.push_back(o);
+        const std::size_t take = std::min(kAcrossNeighbours, others.size());
+        std::partial_sort(others.begin(), others.begin() + static_cast<std::ptrdiff_t>(take), others.end(),
+                          [row](std::size_t a, std::size_t b) { return row[a] > row[b]; });
+        others.resize(take);
+        neighbours[h] = std::move(others);
+      }
+    }
+  };
 
   auto pick = [&rng](std::size_t n) { return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); };
   auto add = [&data](DataSource s, const std::vector<float>& row) {
@@ -165,8 +182,16 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
     const DataSource s = generating[k];
     // Split `samples` evenly; the first sources take the remainder.
     const std::size_t count = options.samples / generating.size() + (k < options.samples % generating.size() ? 1 : 0);
-    for (std::size_t n = 0; n < count; ++n) {
-      const std::size_t qi = train[pick(train.size())];
+    std::vector<std::size_t> picks(count);
+    for (auto& qi : picks) qi = train[pick(train.size())];
+    if (s == DataSource::Across) {
+      std::vector<std::size_t> wanted;
+      for (std::size_t qi : picks) wanted.push_back(head_of_question[qi]);
+      std::sort(wanted.begin(), wanted.end());
+      wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+      find_neighbours(wanted);
+    }
+    for (const std::size_t qi : picks) {
       const std::size_t h = head_of_question[qi];
       const std::vector<float> q = unit(row_of(questions, qi));
       const float t = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);

@@ -39,19 +39,37 @@ std::size_t argmax_row(const float* row, std::size_t n) {
   return static_cast<std::size_t>(std::max_element(row, row + n) - row);
 }
 
-// k-means++ seeding on cosine distance.
-Matrix seed_centres(const Matrix& points, std::size_t k, std::mt19937_64& rng) {
+// k-means++ seeding on cosine distance, over a sample of at most
+// kSeedSample x k points (seeding is sequential in k, so all n would cost
+// n x k x d).
+constexpr std::size_t kSeedSample = 16;
+
+Matrix seed_centres(const Matrix& all_points, std::size_t k, std::mt19937_64& rng) {
+  Matrix sample;
+  const Matrix* source = &all_points;
+  if (all_points.rows > kSeedSample * k) {
+    std::vector<std::size_t> rows(all_points.rows);
+    std::iota(rows.begin(), rows.end(), 0);
+    std::shuffle(rows.begin(), rows.end(), rng);
+    rows.resize(kSeedSample * k);
+    sample = Matrix(rows.size(), all_points.cols);
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      std::copy(all_points.row(rows[i]), all_points.row(rows[i]) + all_points.cols, sample.row(i));
+    source = &sample;
+  }
+  const Matrix& points = *source;
   const std::size_t n = points.rows, d = points.cols;
   Matrix centres(k, d);
   std::vector<double> best(n, std::numeric_limits<double>::infinity());
+  std::vector<float> dots(n);
   std::size_t pick = std::uniform_int_distribution<std::size_t>(0, n - 1)(rng);
   for (std::size_t c = 0; c < k; ++c) {
     std::copy(points.row(pick), points.row(pick) + d, centres.row(c));
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n), static_cast<int>(d), 1.0f, points.data.data(),
+                static_cast<int>(d), centres.row(c), 1, 0.0f, dots.data(), 1);
     double total = 0.0;
     for (std::size_t i = 0; i < n; ++i) {
-      double dot = 0.0;
-      for (std::size_t j = 0; j < d; ++j) dot += double(points(i, j)) * centres(c, j);
-      const double dist = std::max(0.0, 1.0 - dot);
+      const double dist = std::max(0.0, 1.0 - double(dots[i]));
       best[i] = std::min(best[i], dist * dist);
       total += best[i];
     }

@@ -22,7 +22,7 @@ namespace {
 
 // Teacher outputs are computed in slices so that the (rows x heads) routing
 // matrix stays small for large teachers.
-constexpr std::size_t kTeacherChunk = 1024;
+constexpr std::size_t kTeacherChunk = 256;
 
 torch::Tensor to_tensor(const Matrix& m, torch::Dtype dtype) {
   return torch::from_blob(const_cast<float*>(m.data.data()),
