@@ -82,6 +82,7 @@ for g in "${groups[@]}"; do
       run "mse + cosine 1" --cosine-weight 1
       run "mse + kl 0.1" --kl-weight 0.1
       run "mse + kl 1" --kl-weight 1
+      run "mse + answer scores 100" --answer-weight 100
       run "random init, mse, lr 1e-3" --init random --lr 1e-3
       run "random init, mse + kl 1, lr 1e-3" --init random --lr 1e-3 --kl-weight 1
       ;;

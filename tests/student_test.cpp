@@ -159,7 +159,7 @@ TEST(StudentForward, AttentionRowsAreDistributionsAndShapesAreChecked) {
   EXPECT_THROW(StudentModel().forward(random_unit_rows(1, 24, 1)), Error);
 }
 
-// Autograd gradients of the full loss (MSE + cosine + KL) against central
+// Autograd gradients of the full loss (MSE + cosine + KL + answer scores) against central
 // differences in double precision, on a sample of every tensor's entries.
 TEST(StudentGradients, MatchFiniteDifferences) {
   const ToyTeacher toy = toy_teacher(6, 24, 3, 21);
@@ -175,9 +175,13 @@ TEST(StudentGradients, MatchFiniteDifferences) {
     options.mse_weight = 1.0;
     options.cosine_weight = 0.5;
     options.kl_weight = 0.3;
+    options.answer_weight = 2.0;
+    options.answer_top_k = 4;
+    const Matrix& answers = toy.teacher.answers();
     std::vector<StudentTensor> grads;
-    const StudentLoss base = torch_student_loss(w, inputs, targets, pooled, options, &grads, true);
+    const StudentLoss base = torch_student_loss(w, inputs, targets, pooled, options, &grads, true, answers);
     EXPECT_GT(base.kl, 0.0);
+    EXPECT_GT(base.answer, 0.0);
     ASSERT_EQ(grads.size(), w.tensors.size());
     std::mt19937 rng(4);
     for (std::size_t t = 0; t < w.tensors.size(); ++t) {
@@ -188,9 +192,9 @@ TEST(StudentGradients, MatchFiniteDifferences) {
         const float saved = w.tensors[t].values[i];
         const float h = 1e-3f;
         w.tensors[t].values[i] = saved + h;
-        const double up = torch_student_loss(w, inputs, targets, pooled, options, nullptr, true).total;
+        const double up = torch_student_loss(w, inputs, targets, pooled, options, nullptr, true, answers).total;
         w.tensors[t].values[i] = saved - h;
-        const double down = torch_student_loss(w, inputs, targets, pooled, options, nullptr, true).total;
+        const double down = torch_student_loss(w, inputs, targets, pooled, options, nullptr, true, answers).total;
         w.tensors[t].values[i] = saved;
         // Weights are stored as float32, so the step is the float-rounded one.
         const double step = double(saved + h) - double(saved - h);

@@ -111,10 +111,15 @@ struct DistillOptions {
   LrSchedule schedule = LrSchedule::Cosine;
   // loss = mse_weight * |y - t|^2 + cosine_weight * (1 - cos(y, t))
   //      + kl_weight * KL(teacher routing pooled onto the key groups || student attention pooled over heads)
-  // (the squared distance summed over dimensions, averaged over the batch)
+  //      + answer_weight * mean over the teacher's top answer_top_k answers a of (a.y/|y| - a.t)^2
+  // (the squared distance summed over dimensions; every term averaged over
+  // the batch). The answer term weighs only the error that can reorder the
+  // answers the teacher ranks first.
   double mse_weight = 1.0;
   double cosine_weight = 0.0;
   double kl_weight = 0.0;
+  double answer_weight = 0.0;
+  std::size_t answer_top_k = 16;
   std::uint64_t seed = 0;
   int threads = 0;  // 0: all cores
 };
@@ -177,14 +182,16 @@ std::optional<StudentWeights> load_student_weights(const Store& store, const std
 Matrix torch_student_forward(const StudentWeights& weights, const Matrix& queries, Matrix* attention = nullptr);
 
 struct StudentLoss {
-  double total = 0.0, mse = 0.0, cosine = 0.0, kl = 0.0;
+  double total = 0.0, mse = 0.0, cosine = 0.0, kl = 0.0, answer = 0.0;
 };
 // The training loss on one batch and, when `gradients` is given, its gradient
 // for every tensor (same names and shapes). `pooled_routing` may be empty when
-// options.kl_weight is 0. double_precision runs the module in float64 (for
-// finite-difference checks).
+// options.kl_weight is 0, `answers` (the teacher's, heads x dim) when
+// options.answer_weight is 0. double_precision runs the module in float64
+// (for finite-difference checks).
 StudentLoss torch_student_loss(const StudentWeights& weights, const Matrix& inputs, const Matrix& targets,
                                const Matrix& pooled_routing, const DistillOptions& options,
-                               std::vector<StudentTensor>* gradients = nullptr, bool double_precision = false);
+                               std::vector<StudentTensor>* gradients = nullptr, bool double_precision = false,
+                               const Matrix& answers = {});
 
 }  // namespace ldaproj

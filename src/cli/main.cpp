@@ -728,6 +728,11 @@ int main(int argc, char** argv) {
     distill_cmd->add_option("--kl-weight", o.kl_weight,
                             "Weight of KL(teacher routing pooled onto the key groups || student attention)")
         ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--answer-weight", o.answer_weight,
+                            "Weight of the squared error of the scores of the teacher's top answers")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--answer-top-k", o.answer_top_k, "How many of the teacher's top answers that term scores")
+        ->capture_default_str()->check(CLI::PositiveNumber);
     distill_cmd->add_option("--samples", o.data.samples, "Generated training inputs (besides the questions)")
         ->capture_default_str();
     distill_cmd->add_option("--sources", df.sources,

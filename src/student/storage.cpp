@@ -82,6 +82,8 @@ StoreDistillReport distill_projection(Store& store, const std::string& projectio
                          {"seconds", r.seconds},
                          {"per_source", r.per_source},
                          {"lr", o.lr},
+                         {"loss_weights", {{"mse", o.mse_weight}, {"cosine", o.cosine_weight}, {"kl", o.kl_weight},
+                                           {"answer", o.answer_weight}}},
                          {"seed", o.seed}};
   StoredStudent student;
   student.projection = projection.name;

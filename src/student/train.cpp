@@ -149,11 +149,39 @@ class ProjectionTransformer : public torch::nn::Module {
 };
 
 struct LossTerms {
-  torch::Tensor total, mse, cosine, kl;
+  torch::Tensor total, mse, cosine, kl, answer;
 };
 
+// What the answer term compares against: for each input, the teacher's top-k
+// answers (indices into `answers`) and their scores a.t.
+struct AnswerTargets {
+  torch::Tensor answers;  // heads x dim
+  torch::Tensor top;      // rows x k, int64
+  torch::Tensor scores;   // rows x k
+
+  bool defined() const { return answers.defined(); }
+  AnswerTargets rows(const torch::Tensor& idx) const {
+    return {answers, top.index_select(0, idx), scores.index_select(0, idx)};
+  }
+};
+
+AnswerTargets answer_targets(const torch::Tensor& answers, const torch::Tensor& targets, std::size_t k) {
+  torch::NoGradGuard no_grad;
+  constexpr std::int64_t kSlice = 256;
+  const std::int64_t take = std::min<std::int64_t>(static_cast<std::int64_t>(k), answers.size(0));
+  std::vector<torch::Tensor> tops, scores;
+  for (std::int64_t begin = 0; begin < targets.size(0); begin += kSlice) {
+    const torch::Tensor all = torch::mm(targets.slice(0, begin, begin + kSlice), answers.t());
+    const auto [values, indices] = all.topk(take, 1);
+    tops.push_back(indices);
+    scores.push_back(values);
+  }
+  return {answers, torch::cat(tops), torch::cat(scores)};
+}
+
 LossTerms loss_terms(ProjectionTransformer& net, const torch::Tensor& inputs, const torch::Tensor& targets,
-                     const torch::Tensor& pooled_routing, const DistillOptions& o) {
+                     const torch::Tensor& pooled_routing, const AnswerTargets& answer_targets,
+                     const DistillOptions& o) {
   const auto [output, attention] = net.forward(inputs);
   LossTerms l;
   l.mse = (output - targets).pow(2).sum(1).mean();
@@ -168,6 +196,17 @@ LossTerms loss_terms(ProjectionTransformer& net, const torch::Tensor& inputs, co
   } else {
     l.kl = torch::zeros({}, output.options());
   }
+  if (answer_targets.defined()) {
+    const torch::Tensor unit = output / output.norm(2, 1, true).clamp_min(1e-12);
+    const std::int64_t batch = output.size(0), k = answer_targets.top.size(1);
+    const torch::Tensor chosen =
+        answer_targets.answers.index_select(0, answer_targets.top.reshape({-1})).view({batch, k, -1});
+    const torch::Tensor scores = torch::bmm(chosen, unit.unsqueeze(2)).squeeze(2);
+    l.answer = (scores - answer_targets.scores).pow(2).mean(1).mean();
+    l.total = l.total + o.answer_weight * l.answer;
+  } else {
+    l.answer = torch::zeros({}, output.options());
+  }
   return l;
 }
 
@@ -178,10 +217,15 @@ void check_options(const DistillOptions& o) {
   if (o.batch_size == 0) bad("--batch-size must be positive");
   if (!(o.lr > 0.0) || !std::isfinite(o.lr)) bad("--lr must be a positive number");
   if (!(o.weight_decay >= 0.0) || !std::isfinite(o.weight_decay)) bad("--weight-decay must be >= 0");
-  for (double w : {o.mse_weight, o.cosine_weight, o.kl_weight}) {
-    if (!(w >= 0.0) || !std::isfinite(w)) bad("loss weights (--mse-weight, --cosine-weight, --kl-weight) must be >= 0");
+  for (double w : {o.mse_weight, o.cosine_weight, o.kl_weight, o.answer_weight}) {
+    if (!(w >= 0.0) || !std::isfinite(w)) {
+      bad("loss weights (--mse-weight, --cosine-weight, --kl-weight, --answer-weight) must be >= 0");
+    }
   }
-  if (o.mse_weight + o.cosine_weight + o.kl_weight <= 0.0) bad("at least one loss weight must be positive");
+  if (o.mse_weight + o.cosine_weight + o.kl_weight + o.answer_weight <= 0.0) {
+    bad("at least one loss weight must be positive");
+  }
+  if (o.answer_weight > 0.0 && o.answer_top_k == 0) bad("--answer-top-k must be positive");
   if (o.threads < 0) bad("--threads must be >= 0");
 }
 
@@ -257,16 +301,25 @@ Matrix torch_student_forward(const StudentWeights& weights, const Matrix& querie
 
 StudentLoss torch_student_loss(const StudentWeights& weights, const Matrix& inputs, const Matrix& targets,
                                const Matrix& pooled_routing, const DistillOptions& options,
-                               std::vector<StudentTensor>* gradients, bool double_precision) {
+                               std::vector<StudentTensor>* gradients, bool double_precision, const Matrix& answers) {
   const torch::Dtype dtype = double_precision ? torch::kFloat64 : torch::kFloat32;
   ProjectionTransformer net(weights, dtype);
   const torch::Tensor routing = options.kl_weight > 0.0 ? to_tensor(pooled_routing, dtype) : torch::Tensor();
-  const LossTerms l = loss_terms(net, to_tensor(inputs, dtype), to_tensor(targets, dtype), routing, options);
+  const torch::Tensor t = to_tensor(targets, dtype);
+  AnswerTargets answer;
+  if (options.answer_weight > 0.0) {
+    if (answers.cols != weights.config.dim || answers.rows == 0) {
+      throw InputError("the answer term needs the teacher's answers (heads x " + std::to_string(weights.config.dim) + ")");
+    }
+    answer = answer_targets(to_tensor(answers, dtype), t, options.answer_top_k);
+  }
+  const LossTerms l = loss_terms(net, to_tensor(inputs, dtype), t, routing, answer, options);
   if (gradients) {
     l.total.backward();
     *gradients = net.gradients();
   }
-  return {l.total.item<double>(), l.mse.item<double>(), l.cosine.item<double>(), l.kl.item<double>()};
+  return {l.total.item<double>(), l.mse.item<double>(), l.cosine.item<double>(), l.kl.item<double>(),
+          l.answer.item<double>()};
 }
 
 DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& questions,
@@ -297,6 +350,12 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
   const torch::Tensor vx = has_validation ? to_tensor(data.validation_inputs, dtype) : x;
   const torch::Tensor vt = has_validation ? to_tensor(val_targets, dtype) : t;
   const torch::Tensor vr = groups ? (has_validation ? to_tensor(val_routing, dtype) : r) : torch::Tensor();
+  AnswerTargets answer, val_answer;
+  if (options.answer_weight > 0.0) {
+    const torch::Tensor all_answers = to_tensor(teacher.answers(), dtype);
+    answer = answer_targets(all_answers, t, options.answer_top_k);
+    val_answer = has_validation ? answer_targets(all_answers, vt, options.answer_top_k) : answer;
+  }
 
   ProjectionTransformer net(initial, dtype);
   // Weight decay on the weight matrices only; biases, norms and the learned
@@ -317,7 +376,7 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
 
   auto evaluate = [&](double& loss, double& cosine) {
     torch::NoGradGuard no_grad;
-    const LossTerms l = loss_terms(net, vx, vt, vr, options);
+    const LossTerms l = loss_terms(net, vx, vt, vr, val_answer, options);
     loss = l.total.item<double>();
     cosine = 1.0 - l.cosine.item<double>();
   };
@@ -352,7 +411,8 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
       const std::int64_t hi = static_cast<std::int64_t>(std::min(n, (b + 1) * options.batch_size));
       const torch::Tensor idx = perm.slice(0, lo, hi);
       const LossTerms l = loss_terms(net, x.index_select(0, idx), t.index_select(0, idx),
-                                     groups ? r.index_select(0, idx) : torch::Tensor(), options);
+                                     groups ? r.index_select(0, idx) : torch::Tensor(),
+                                     answer.defined() ? answer.rows(idx) : AnswerTargets{}, options);
       optimizer.zero_grad();
       l.total.backward();
       optimizer.step();
