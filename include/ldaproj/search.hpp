@@ -1,5 +1,6 @@
 // Answering queries from a trained store by any method: the multi-head
-// teacher, the direct cosine baseline or the global-W baseline.
+// teacher, its distilled student, the direct cosine baseline or the global-W
+// baseline.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -14,11 +15,12 @@
 
 namespace ldaproj {
 
-enum class Method { MultiHead, Direct, GlobalW, SparseTeacher };
-std::string_view to_string(Method method);  // "multi-head", "direct", "global-w", "sparse-teacher"
+enum class Method { MultiHead, Direct, GlobalW, SparseTeacher, Student };
+// "multi-head", "direct", "global-w", "sparse-teacher", "student"
+std::string_view to_string(Method method);
 Method parse_method(std::string_view name);  // accepts - or _; InputError otherwise
 inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead,
-                                         Method::SparseTeacher};
+                                         Method::SparseTeacher, Method::Student};
 
 struct RankedAnswer {
   std::int64_t cluster_id = 0;
@@ -62,15 +64,24 @@ struct SearcherOptions {
 
 class Searcher {
  public:
-  // Loads the named projection (or the active one) with its heads, the answer
-  // corpus and, lazily, what global-W needs (so `store` must outlive the
-  // Searcher). InputError when nothing is trained.
+  // Loads the named projection (or the active one) with its heads, its
+  // student when one was distilled, the answer corpus and, lazily, what
+  // global-W needs (so `store` must outlive the Searcher). InputError when
+  // nothing is trained.
   static Searcher load(const Store& store, const std::string& projection_name = {},
                        const SearcherOptions& options = {});
 
   // One result per query row (embeddings from the projection's model).
+  // Method::Student without a student is an InputError naming `ldaproj distill`.
   std::vector<QueryResult> search(const Matrix& query_embeddings,
                                   const SearchOptions& options) const;
+  // The unit-length vectors a method ranks answers by (queries x dim).
+  Matrix project(const Matrix& query_embeddings, const SearchOptions& options) const;
+  // Ranks answers for already projected unit vectors.
+  std::vector<QueryResult> rank(const Matrix& projected, std::size_t top_k) const;
+
+  bool has_student() const;
+  std::size_t student_parameters() const;  // 0 without a student
 
   const std::string& model_name() const;
   const std::string& projection_name() const;
@@ -90,6 +101,7 @@ class Searcher {
  private:
   struct Impl;
   explicit Searcher(std::unique_ptr<Impl> impl);
+  void check_query_dimension(const Matrix& queries) const;
   std::unique_ptr<Impl> impl_;
 };
 

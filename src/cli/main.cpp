@@ -1,5 +1,5 @@
-// The ldaproj command line: import, embed, train, query, validate, stats,
-// encode, serve. Exit codes: 0 ok, 1 failure, 2 usage.
+// The ldaproj command line: import, embed, train, distill, query, validate,
+// stats, export, synth, bench, domains, encode, serve. Exit codes: 0 ok, 1 failure, 2 usage.
 #include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <unistd.h>
@@ -13,16 +13,19 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "cli/progress.hpp"
 #include "cli/scale_commands.hpp"
+#include "ldaproj/distill.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/eval.hpp"
@@ -30,6 +33,7 @@
 #include "ldaproj/search.hpp"
 #include "ldaproj/server.hpp"
 #include "ldaproj/store.hpp"
+#include "ldaproj/student.hpp"
 #include "ldaproj/train.hpp"
 
 namespace fs = std::filesystem;
@@ -156,9 +160,43 @@ std::vector<float> parse_float_list(const std::string& text, const char* flag) {
 }
 
 // ---------------------------------------------------------------- import
-int run_import(const std::string& db, const std::vector<std::string>& files) {
+bool is_student_file(const std::string& file) { return fs::path(file).extension() == ".safetensors"; }
+
+// A student from safetensors (ours or PyTorch's) for a projection.
+void import_student(Store& store, const std::string& file, const std::string& projection_name) {
+  std::map<std::string, std::string> metadata;
+  StudentWeights weights = read_student_safetensors(file, &metadata);
+  const auto projection = store.load_projection(projection_name);
+  if (!projection) {
+    throw InputError(file + ": there is no " +
+                     (projection_name.empty() ? std::string("trained projection") : "projection \"" + projection_name + "\"") +
+                     " in " + store.path().string() + " to attach the student to; run `ldaproj train` first");
+  }
+  if (auto model = metadata.find("model"); model != metadata.end() && model->second != projection->model) {
+    throw InputError(file + ": the student was distilled on " + model->second + " embeddings, projection \"" +
+                     projection->name + "\" uses " + projection->model);
+  }
+  StoredStudent student;
+  student.projection = projection->name;
+  student.weights = std::move(weights);
+  // Metrics from our own export come back; anything else starts empty.
+  const auto metrics = metadata.find("metrics");
+  const bool has_metrics = metrics != metadata.end() && json::accept(metrics->second) &&
+                           json::parse(metrics->second).is_object();
+  student.metrics_json = has_metrics ? metrics->second : "{}";
+  store.save_student(student);
+  std::printf("%s: student imported for projection \"%s\" (%zu parameters, %s, %zu layer(s))\n", file.c_str(),
+              projection->name.c_str(), student.weights.parameter_count(),
+              std::string(to_string(student.weights.config.variant)).c_str(), student.weights.config.layers);
+}
+
+int run_import(const std::string& db, const std::vector<std::string>& files, const std::string& projection) {
   Store store = Store::open(db);
   for (const auto& file : files) {
+    if (is_student_file(file)) {
+      import_student(store, file, projection);
+      continue;
+    }
     const ImportReport r = import_file(store, file);
     const char* what = r.outcome == ImportOutcome::Unchanged ? "unchanged, skipped"
                        : r.outcome == ImportOutcome::Updated ? "updated"
@@ -216,6 +254,113 @@ int run_train(const std::string& db, const std::string& embedding_model, float t
   std::printf("trained projection \"%s\": %zu heads from %zu questions, %s centroids, "
               "temperature %g, model %s (now active)\n",
               r.name.c_str(), r.heads, r.questions, centroid.c_str(), temperature, model.c_str());
+  return 0;
+}
+
+// ---------------------------------------------------------------- distill
+struct DistillFlags {
+  DistillOptions options;
+  std::string projection, variant = "block", init = "teacher", schedule = "cosine", sources = "all";
+  bool as_json = false, quiet = false;
+};
+
+std::string fixed(double v, int digits) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+int run_distill(const std::string& db, DistillFlags f) {
+  require_existing_db(db);
+  Store store = Store::open(db);
+  f.options.config.variant = parse_student_variant(f.variant);
+  f.options.init = parse_student_init(f.init);
+  f.options.schedule = parse_lr_schedule(f.schedule);
+  f.options.data.sources = parse_data_sources(f.sources);
+
+  // A bar per epoch with the running loss on a terminal; one line per epoch.
+  std::unique_ptr<Progress> bar;
+  DistillObserver observer;
+  const bool show = !f.quiet && !f.as_json;
+  if (show) {
+    observer.on_batch = [&bar](const DistillProgress& p) {
+      if (p.batch == 1) {
+        bar = std::make_unique<Progress>("epoch " + std::to_string(p.epoch) + "/" + std::to_string(p.epochs),
+                                         p.batches, isatty(fileno(stderr)) == 0);
+      }
+      char note[64];
+      std::snprintf(note, sizeof note, "loss %.5f", p.train_loss);
+      bar->set_note(note);
+      bar->advance(1);
+    };
+    observer.on_epoch = [](const DistillEpoch& e) {
+      std::fprintf(stderr, "epoch %zu: train loss %.5f  validation loss %.5f  cosine %.4f  lr %.2g  %.1fs%s\n",
+                   e.epoch, e.train_loss, e.validation_loss, e.validation_cosine, e.lr, e.seconds,
+                   e.improved ? "  (best)" : "");
+    };
+  }
+  const StoreDistillReport result = distill_projection(store, f.projection, f.options, observer);
+  const DistillReport& r = result.report;
+  const auto projection = store.load_projection(result.projection);
+  const std::size_t teacher_floats = 2 * projection->heads.size() * r.weights.config.dim;
+  double best_cosine = r.initial_validation_cosine;
+  for (const auto& e : r.history)
+    if (e.epoch == r.best_epoch) best_cosine = e.validation_cosine;
+  if (f.as_json) {
+    json out{{"projection", result.projection},
+             {"config", json::parse(r.weights.config.to_json())},
+             {"init", std::string(to_string(f.options.init))},
+             {"parameters", r.weights.parameter_count()},
+             {"teacher_parameters", teacher_floats},
+             {"train_samples", r.train_samples},
+             {"validation_samples", r.validation_samples},
+             {"validation_questions", r.validation_questions},
+             {"per_source", r.per_source},
+             {"epochs_run", r.history.size()},
+             {"best_epoch", r.best_epoch},
+             {"stopped_early", r.stopped_early},
+             {"seconds", r.seconds},
+             {"initial_validation_cosine", r.initial_validation_cosine},
+             {"validation_cosine", best_cosine},
+             {"history", json::array()}};
+    for (const auto& e : r.history) {
+      out["history"].push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"validation_loss", e.validation_loss},
+                                {"validation_cosine", e.validation_cosine}, {"lr", e.lr}, {"seconds", e.seconds}});
+    }
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  std::printf("distilled projection \"%s\" into a %s student: %zu heads x %zu keys, %zu layer(s), %zu parameters "
+              "(teacher %zu floats)\n",
+              result.projection.c_str(), std::string(to_string(r.weights.config.variant)).c_str(),
+              r.weights.config.num_heads, r.weights.config.keys_per_head, r.weights.config.layers,
+              r.weights.parameter_count(), teacher_floats);
+  std::printf("  %zu training inputs, %zu validation inputs (%zu held-out questions); best epoch %zu of %zu%s, %.1fs\n",
+              r.train_samples, r.validation_samples, r.validation_questions, r.best_epoch, r.history.size(),
+              r.stopped_early ? " (stopped early)" : "", r.seconds);
+  std::printf("  validation cosine to the teacher: %s at init, %s after training (saved)\n",
+              fixed(r.initial_validation_cosine, 4).c_str(), fixed(best_cosine, 4).c_str());
+  return 0;
+}
+
+// ---------------------------------------------------------------- export
+int run_export(const std::string& db, const std::string& projection_name, const std::string& out_file) {
+  require_existing_db(db);
+  Store store = Store::open_read_only(db);
+  const auto student = store.load_student(projection_name);
+  if (!student) {
+    throw InputError((projection_name.empty() ? std::string("the active projection") : "projection \"" + projection_name + "\"") +
+                     " in " + db + " has no student; distil one with `ldaproj distill --db " + db + "`");
+  }
+  const auto projection = store.load_projection(student->projection);
+  write_student_safetensors(out_file, student->weights,
+                            {{"projection", student->projection},
+                             {"model", projection->model},
+                             {"teacher_temperature", std::to_string(projection->temperature)},
+                             {"metrics", student->metrics_json},
+                             {"created_at", student->created_at}});
+  std::printf("%s: student of projection \"%s\" (%zu parameters)\n", out_file.c_str(), student->projection.c_str(),
+              student->weights.parameter_count());
   return 0;
 }
 
@@ -345,7 +490,8 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
 
   std::vector<Method> methods;
   if (methods_flag.empty()) {
-    methods.assign(std::begin(kAllMethods), std::end(kAllMethods));
+    for (Method m : kAllMethods)
+      if (m != Method::Student || searcher.has_student()) methods.push_back(m);
   } else {
     std::stringstream ss(methods_flag);
     std::string m;
@@ -355,6 +501,7 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   json out{{"queries", tests.size()}, {"temperature", tau}, {"projection", searcher.projection_name()},
            {"methods", json::object()}};
   std::vector<std::pair<Method, RetrievalMetrics>> table;
+  std::optional<Agreement> student_agreement;
   for (Method m : methods) {
     SearchOptions options;
     options.method = m;
@@ -374,6 +521,20 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
       out["methods"][method_key(m)]["route_k"] = teacher.route_k;
       out["methods"][method_key(m)]["uncovered_mass_bound"] = {{"mean", mean / double(results.size())},
                                                                {"max", worst}};
+    }
+    if (m == Method::Student) {
+      // Against the teacher it was distilled from: the projection's own temperature.
+      const Matrix projected = searcher.project(queries, options);
+      SearchOptions teacher_options = options;
+      teacher_options.method = Method::MultiHead;
+      teacher_options.temperature = searcher.temperature();
+      const Matrix teacher_projected = searcher.project(queries, teacher_options);
+      student_agreement = agreement(projected, teacher_projected, results,
+                                    searcher.rank(teacher_projected, options.top_k));
+      out["methods"]["student"]["agreement"] = {{"top10_overlap", student_agreement->top10_overlap},
+                                                {"mean_cosine", student_agreement->mean_cosine},
+                                                {"min_cosine", student_agreement->min_cosine}};
+      out["methods"]["student"]["parameters"] = searcher.student_parameters();
     }
   }
   std::vector<std::pair<float, RetrievalMetrics>> sweep_rows;
@@ -406,6 +567,11 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
     std::printf("  %-15s %8s %8s %8.3f\n", std::string(to_string(m)).c_str(),
                 percent(r.recall_at_1).c_str(), percent(r.recall_at_5).c_str(), r.mrr_at_10);
   }
+  if (student_agreement) {
+    std::printf("\n  student vs teacher (temperature %g): top-10 overlap %s, cosine mean %.4f, min %.4f\n",
+                searcher.temperature(), percent(student_agreement->top10_overlap).c_str(),
+                student_agreement->mean_cosine, student_agreement->min_cosine);
+  }
   if (!sweep_rows.empty()) {
     std::printf("\n  multi-head over temperature:\n  %-12s %8s %8s %8s\n", "temperature", "R@1", "R@5", "MRR@10");
     for (const auto& [t, r] : sweep_rows) {
@@ -431,6 +597,12 @@ int run_stats(const std::string& db, bool as_json) {
                                   {"created_at", p.created_at},
                                   {"metrics", json::parse(p.metrics_json.empty() ? "{}" : p.metrics_json)}});
   }
+  out["students"] = json::array();
+  for (const auto& st : s.students) {
+    out["students"].push_back({{"projection", st.projection}, {"config", json::parse(st.weights.config.to_json())},
+                               {"created_at", st.created_at},
+                               {"metrics", json::parse(st.metrics_json.empty() ? "{}" : st.metrics_json)}});
+  }
   if (as_json) {
     std::cout << out.dump(2) << "\n";
     return 0;
@@ -446,6 +618,12 @@ int run_stats(const std::string& db, bool as_json) {
     std::printf("  projection %s%s: model %s, temperature %g, %s centroids, %s, metrics %s\n",
                 p.name.c_str(), p.active ? " (active)" : "", p.model.c_str(), p.temperature,
                 p.centroid_method.c_str(), p.created_at.c_str(), p.metrics_json.c_str());
+  }
+  for (const auto& st : s.students) {
+    const StudentConfig& c = st.weights.config;
+    std::printf("  student of %s: %s, %zu heads x %zu keys, %zu layer(s), %s, metrics %s\n", st.projection.c_str(),
+                std::string(to_string(c.variant)).c_str(), c.num_heads, c.keys_per_head, c.layers,
+                st.created_at.c_str(), st.metrics_json.c_str());
   }
   return 0;
 }
@@ -556,7 +734,7 @@ int run_serve(ServerOptions options, bool access_log) {
 int main(int argc, char** argv) {
   using namespace ldaproj::cli;
   CLI::App app{"ldaproj: question->answer semantic search by multi-head projection.\n"
-               "Typical flow: import -> embed -> train -> query/validate/serve."};
+               "Typical flow: import -> embed -> train [-> distill] -> query/validate/serve."};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("ldaproj ") + LDAPROJ_VERSION_STRING);
 
@@ -566,13 +744,19 @@ int main(int argc, char** argv) {
   };
 
   std::vector<std::string> files;
-  auto* import_cmd = app.add_subcommand("import", "Import Q-A clusters from JSON (original format) or JSONL files");
+  std::string import_projection;
+  auto* import_cmd = app.add_subcommand("import", "Import Q-A clusters from JSON (original format) or JSONL files, "
+                                                  "or a student from .safetensors");
   add_db(import_cmd);
   import_cmd->add_option("files", files, "Files to import; each is one transaction")->required()->check(CLI::ExistingFile);
+  import_cmd->add_option("--projection", import_projection,
+                         "Projection a .safetensors student belongs to (default: the active one)");
   import_cmd->footer(
       "Formats: {\"clusters\":[{\"id\", \"answers\":{\"default\":...}, \"queries\":{\"short\":[...],...}}]}\n"
       "or JSON Lines {\"cluster\",\"question\"[,\"length\"]} / {\"cluster\",\"answer\"[,\"variant\"]}.\n"
-      "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch.");
+      "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch.\n"
+      "A .safetensors file is a student (from `ldaproj export` or PyTorch, config in __metadata__) and\n"
+      "replaces the projection's student.");
 
   EncoderFlags enc;
   std::size_t embed_batch = 64;
@@ -594,6 +778,67 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"mean", "reweighted"}));
   train_cmd->add_option("--embedding-model", embedding_model, "Embedding model name when the store holds several");
 
+  DistillFlags df;
+  auto* distill_cmd = app.add_subcommand("distill", "Distil the teacher into a student transformer with learned keys/values");
+  add_db(distill_cmd);
+  {
+    ldaproj::DistillOptions& o = df.options;
+    distill_cmd->add_option("--projection", df.projection, "Projection to distil (default: the active one)");
+    distill_cmd->add_option("--heads", o.config.num_heads, "Attention heads (must divide the embedding dimension)")
+        ->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--keys-per-head", o.config.keys_per_head, "Learned keys per head (keys = heads x this)")
+        ->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--layers", o.config.layers, "Stacked blocks")->capture_default_str()->check(CLI::Range(1, 64));
+    distill_cmd->add_option("--variant", df.variant, "attention, mlp-attention or block")
+        ->capture_default_str()->check(CLI::IsMember({"attention", "mlp-attention", "block"}));
+    distill_cmd->add_option("--ff-dim", o.config.ff_dim, "FFN/MLP hidden width (default: 2 x dim)");
+    distill_cmd->add_option("--init", df.init, "teacher (keys from k-means of the centroids, values from their answers) or random")
+        ->capture_default_str()->check(CLI::IsMember({"teacher", "random"}));
+    distill_cmd->add_option("--epochs", o.epochs, "Maximum epochs")->capture_default_str()->check(CLI::Range(1, 100000));
+    distill_cmd->add_option("--batch-size", o.batch_size, "Inputs per step")->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--lr", o.lr, "Peak AdamW learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--weight-decay", o.weight_decay, "AdamW weight decay (weight matrices only)")->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--schedule", df.schedule, "LR schedule: cosine, step (x0.3 every third) or constant")
+        ->capture_default_str()->check(CLI::IsMember({"cosine", "step", "constant"}));
+    distill_cmd->add_option("--patience", o.patience, "Stop after this many epochs without validation improvement (0: never)")
+        ->capture_default_str();
+    distill_cmd->add_option("--mse-weight", o.mse_weight, "Weight of the squared error to the teacher's output")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--cosine-weight", o.cosine_weight, "Weight of 1 - cosine to the teacher's output")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--kl-weight", o.kl_weight,
+                            "Weight of KL(teacher routing pooled onto the key groups || student attention)")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--answer-weight", o.answer_weight,
+                            "Weight of the squared error of the scores of the teacher's top answers")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--answer-top-k", o.answer_top_k, "How many of the teacher's top answers that term scores")
+        ->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--samples", o.data.samples, "Generated training inputs (besides the questions)")
+        ->capture_default_str();
+    distill_cmd->add_option("--sources", df.sources,
+                            "Comma-separated: questions, perturbed, within, across, extrapolated, or all")
+        ->capture_default_str();
+    distill_cmd->add_option("--validation-fraction", o.data.validation_fraction,
+                            "Share of each cluster's questions held out for early stopping")
+        ->capture_default_str()->check(CLI::Range(0.0, 0.9));
+    distill_cmd->add_option("--noise", o.data.noise, "Largest noise level for perturbed inputs")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--seed", o.seed, "Seed for data, init and shuffling")->capture_default_str();
+    distill_cmd->add_option("--threads", o.threads, "Training threads (default: all cores)")->check(CLI::NonNegativeNumber);
+    distill_cmd->add_flag("--json", df.as_json, "Print one JSON object with the training history");
+    distill_cmd->add_flag("--quiet,-q", df.quiet, "No progress output");
+    distill_cmd->footer("The student is stored with the projection (replacing an earlier one) and used by\n"
+                        "`query --method student` and `validate`. Training uses libtorch.");
+  }
+
+  std::string export_projection, export_out;
+  auto* export_cmd = app.add_subcommand("export", "Write a projection's student as safetensors (config in __metadata__)");
+  add_db(export_cmd);
+  export_cmd->add_option("--projection", export_projection, "Projection whose student to export (default: the active one)");
+  export_cmd->add_option("--out", export_out, "Output .safetensors file")->required();
+
   QueryFlags qf;
   std::vector<std::string> query_texts;
   std::optional<float> query_temperature;
@@ -602,7 +847,7 @@ int main(int argc, char** argv) {
   enc.add_to(*query_cmd);
   TeacherFlags teacher;
   teacher.add_to(*query_cmd);
-  query_cmd->add_option("--method", qf.method, "multi-head, direct, global-w or sparse-teacher")->capture_default_str();
+  query_cmd->add_option("--method", qf.method, "multi-head, student, sparse-teacher, direct or global-w")->capture_default_str();
   query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(CLI::PositiveNumber);
   query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(CLI::PositiveNumber);
   query_cmd->add_option("--projection", qf.projection, "Projection name (default: the active one)");
@@ -623,7 +868,9 @@ int main(int argc, char** argv) {
       ->required()->check(CLI::ExistingFile);
   validate_cmd->add_option("--temperature", validate_temperature, "Temperature for multi-head (default: the projection's)")->check(CLI::PositiveNumber);
   validate_cmd->add_option("--sweep-temperature", sweep, "Comma-separated temperatures, e.g. 0.01,0.05,0.1,0.5,1");
-  validate_cmd->add_option("--methods", methods, "Comma-separated subset of direct,global-w,multi-head,sparse-teacher");
+  validate_cmd->add_option("--methods", methods,
+                           "Comma-separated subset of direct,global-w,multi-head,sparse-teacher,student (default: "
+                           "all; student when one was distilled, with its agreement with the teacher)");
   validate_cmd->add_option("--projection", validate_projection, "Projection name (default: the active one)");
   validate_cmd->add_flag("--json", validate_json, "Print one JSON object");
 
@@ -685,7 +932,9 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*import_cmd) return run_import(db, files);
+    if (*import_cmd) return run_import(db, files, import_projection);
+    if (*distill_cmd) return run_distill(db, df);
+    if (*export_cmd) return run_export(db, export_projection, export_out);
     if (*embed_cmd) return run_embed(db, enc, embed_batch, quiet);
     if (*train_cmd) return run_train(db, embedding_model, temperature, name, centroid);
     if (*query_cmd) {

@@ -1,5 +1,6 @@
-// Loads a trained projection and the answer corpus from the store and answers
-// query embeddings by any method (multi-head, direct, global-w, sparse-teacher).
+// Loads a trained projection, its student and the answer corpus from the
+// store and answers query embeddings by any method (multi-head, student,
+// sparse-teacher, direct, global-w).
 #include <algorithm>
 #include <mutex>
 #include <numeric>
@@ -10,6 +11,7 @@
 #include "ldaproj/error.hpp"
 #include "ldaproj/index.hpp"
 #include "ldaproj/search.hpp"
+#include "ldaproj/student.hpp"
 #include "ldaproj/teacher.hpp"
 
 namespace ldaproj {
@@ -20,6 +22,7 @@ std::string_view to_string(Method method) {
     case Method::Direct: return "direct";
     case Method::GlobalW: return "global-w";
     case Method::SparseTeacher: return "sparse-teacher";
+    case Method::Student: return "student";
   }
   return "?";
 }
@@ -31,8 +34,9 @@ Method parse_method(std::string_view name) {
   if (n == "direct") return Method::Direct;
   if (n == "global-w") return Method::GlobalW;
   if (n == "sparse-teacher" || n == "sparse") return Method::SparseTeacher;
+  if (n == "student") return Method::Student;
   throw InputError("unknown method \"" + std::string(name) +
-                   "\"; expected multi-head, direct, global-w or sparse-teacher");
+                   "\"; expected multi-head, student, sparse-teacher, direct or global-w");
 }
 
 struct Searcher::Impl {
@@ -40,6 +44,7 @@ struct Searcher::Impl {
   std::string model_name;
   std::vector<std::int64_t> head_clusters;  // head index -> cluster id
   MultiHeadProjection teacher;
+  StudentModel student;  // empty when none was distilled
   std::unique_ptr<Index> answer_index;
   Matrix answer_corpus;  // kept only for an approximate index, to measure its recall
   std::vector<std::int64_t> answer_labels;
@@ -128,6 +133,13 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
   }
   impl->teacher =
       MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature, teacher_options);
+  if (auto student = store.load_student(projection->name)) {
+    if (student->weights.config.dim != dim) {
+      throw Error("the student of projection " + projection->name + " has dimension " +
+                  std::to_string(student->weights.config.dim) + ", its model " + std::to_string(dim));
+    }
+    impl->student = StudentModel(student->weights);
+  }
 
   for (const Cluster& c : store.clusters()) impl->cluster_names.emplace(c.id, c.external_id);
 
@@ -161,34 +173,58 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
   return Searcher(std::move(impl));
 }
 
+Matrix Searcher::project(const Matrix& queries, const SearchOptions& options) const {
+  const Impl& s = *impl_;
+  check_query_dimension(queries);
+  const float temperature = options.temperature.value_or(s.teacher.temperature());
+  switch (options.method) {
+    case Method::Direct: {
+      Matrix projected = queries;
+      normalize_rows(projected, "query");
+      return projected;
+    }
+    case Method::MultiHead:
+      return s.teacher.project(queries, temperature);
+    case Method::GlobalW:
+      return s.global_w().project(queries);
+    case Method::SparseTeacher:
+      return s.sparse().project(queries, temperature, options.route_k);
+    case Method::Student: {
+      if (s.student.empty()) {
+        throw InputError("projection \"" + s.projection_name + "\" has no student; distil one with " +
+                         "`ldaproj distill --db " + s.store->path().string() + "`");
+      }
+      // The student was trained on unit queries, as the teacher sees them.
+      Matrix unit = queries;
+      normalize_rows(unit, "query");
+      return s.student.project(unit);
+    }
+  }
+  throw Error("unknown method");
+}
+
+void Searcher::check_query_dimension(const Matrix& queries) const {
+  if (queries.cols != impl_->teacher.dim()) {
+    throw InputError("query embeddings have dimension " + std::to_string(queries.cols) +
+                     ", the store's model has " + std::to_string(impl_->teacher.dim()));
+  }
+}
+
 std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOptions& options) const {
   const Impl& s = *impl_;
+  check_query_dimension(queries);
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   Matrix projected;
   Matrix weights;
   std::vector<SparseRouting> sparse_routes;
-  switch (options.method) {
-    case Method::Direct:
-      projected = queries;
-      normalize_rows(projected, "query");
-      break;
-    case Method::MultiHead:
-      projected = s.teacher.project(queries, temperature, options.routing_top > 0 ? &weights : nullptr);
-      break;
-    case Method::GlobalW:
-      projected = s.global_w().project(queries);
-      break;
-    case Method::SparseTeacher:
-      projected = s.sparse().project(queries, temperature, options.route_k, &sparse_routes);
-      break;
+  if (options.method == Method::MultiHead) {
+    projected = s.teacher.project(queries, temperature, options.routing_top > 0 ? &weights : nullptr);
+  } else if (options.method == Method::SparseTeacher) {
+    projected = s.sparse().project(queries, temperature, options.route_k, &sparse_routes);
+  } else {
+    projected = project(queries, options);
   }
-  if (projected.cols != s.teacher.dim()) {
-    throw InputError("query embeddings have dimension " + std::to_string(projected.cols) +
-                     ", the store's model has " + std::to_string(s.teacher.dim()));
-  }
-  // Ask for enough answers that top_k distinct clusters survive de-duplication.
-  const auto hits = s.answer_index->search(projected, options.top_k * s.max_answers_per_cluster);
-  std::vector<QueryResult> results(queries.rows);
+  std::vector<QueryResult> results = rank(projected, options.top_k);
   Matrix similarity;
   if (options.method == Method::MultiHead && options.routing_top > 0) {
     similarity = s.teacher.route_scores(queries);
@@ -196,13 +232,6 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
   for (std::size_t q = 0; q < queries.rows; ++q) {
     if (options.include_projection) {
       results[q].projection.assign(projected.row(q), projected.row(q) + projected.cols);
-    }
-    std::unordered_set<std::int64_t> seen;
-    for (const Hit& hit : hits[q]) {
-      const Answer& a = s.answers[static_cast<std::size_t>(hit.label)];
-      if (!seen.insert(a.cluster_id).second) continue;
-      results[q].answers.push_back({a.cluster_id, s.cluster_names.at(a.cluster_id), a.id, a.text, hit.score});
-      if (results[q].answers.size() == options.top_k) break;
     }
     if (!sparse_routes.empty()) {
       const SparseRouting& r = sparse_routes[q];
@@ -227,6 +256,30 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
   }
   return results;
 }
+
+std::vector<QueryResult> Searcher::rank(const Matrix& projected, std::size_t top_k) const {
+  const Impl& s = *impl_;
+  if (projected.cols != s.teacher.dim()) {
+    throw InputError("projected queries have dimension " + std::to_string(projected.cols) +
+                     ", the store's model has " + std::to_string(s.teacher.dim()));
+  }
+  // Ask for enough answers that top_k distinct clusters survive de-duplication.
+  const auto hits = s.answer_index->search(projected, top_k * s.max_answers_per_cluster);
+  std::vector<QueryResult> results(projected.rows);
+  for (std::size_t q = 0; q < projected.rows; ++q) {
+    std::unordered_set<std::int64_t> seen;
+    for (const Hit& hit : hits[q]) {
+      const Answer& a = s.answers[static_cast<std::size_t>(hit.label)];
+      if (!seen.insert(a.cluster_id).second) continue;
+      results[q].answers.push_back({a.cluster_id, s.cluster_names.at(a.cluster_id), a.id, a.text, hit.score});
+      if (results[q].answers.size() == top_k) break;
+    }
+  }
+  return results;
+}
+
+bool Searcher::has_student() const { return !impl_->student.empty(); }
+std::size_t Searcher::student_parameters() const { return impl_->student.parameter_count(); }
 
 const std::string& Searcher::model_name() const { return impl_->model_name; }
 const std::string& Searcher::projection_name() const { return impl_->projection_name; }
