@@ -179,6 +179,58 @@ TEST_F(CliDemo, DistillQueryValidateExportImport) {
   EXPECT_EQ(nlohmann::json::parse(r.out)["students"].size(), 1u);
 }
 
+TEST_F(CliDemo, EnsembleQueryValidateExportImport) {
+  const std::string db = (dir_ / "ensemble.db").string();
+  ASSERT_EQ(run("import --db " + db + " " + demo("clusters.json")).code, 0);
+  ASSERT_EQ(run("embed --db " + db + " --quiet").code, 0);
+  ASSERT_EQ(run("train --db " + db).code, 0);
+  const std::string other = (dir_ / "other.db").string();
+  fs::copy_file(db, other);
+
+  CliRun r = run("query --db " + db + " --method ensemble \"how do I get my password back\"");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("ldaproj ensemble"), std::string::npos) << r.out;
+
+  // A short run: three domains, small students, few epochs, one thread.
+  r = run("ensemble --db " + db + " --domains 3 --heads 4 --keys-per-head 4 --epochs 2 --samples 300 "
+          "--router-epochs 4 --router-samples 512 --threads 1 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto e = nlohmann::json::parse(r.out);
+  EXPECT_EQ(e["config"]["domains"], 3);
+  ASSERT_EQ(e["domains"].size(), 3u);
+  int heads = 0;
+  for (const auto& d : e["domains"]) heads += d["heads"].get<int>();
+  EXPECT_EQ(heads, 31);
+
+  r = run("validate --db " + db + " --test " + demo("heldout.json") + " --json --methods multi-head,ensemble");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto v = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(v["methods"].contains("ensemble")) << r.out;
+  for (const char* k : {"top10_overlap", "mean_cosine", "min_cosine"}) {
+    const double value = v["methods"]["ensemble"]["agreement"][k].get<double>();
+    EXPECT_GT(value, 0.0) << k;
+    EXPECT_LE(value, 1.0 + 1e-9) << k;
+  }
+  EXPECT_GT(v["methods"]["ensemble"]["parameters"].get<double>(), 0);
+
+  // One student per query gives a (possibly) different ranking but works.
+  r = run("query --db " + db + " --method ensemble --top-domains 1 --json \"how do I get my password back\"");
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  const std::string file = (dir_ / "ensemble.safetensors").string();
+  r = run("export --db " + db + " --ensemble --out " + file);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("import --db " + other + " " + file);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("ensemble imported"), std::string::npos) << r.out;
+  const std::string q = " --method ensemble --json --top-k 5 \"can someone else see my albums\"";
+  EXPECT_EQ(run("query --db " + db + q).out, run("query --db " + other + q).out);
+  r = run("stats --db " + other + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["ensembles"].size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(r.out)["students"].size(), 0u);
+}
+
 TEST(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run("").code, 2);
   EXPECT_EQ(run("frobnicate").code, 2);

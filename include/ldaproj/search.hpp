@@ -15,12 +15,12 @@
 
 namespace ldaproj {
 
-enum class Method { MultiHead, Direct, GlobalW, SparseTeacher, Student };
-// "multi-head", "direct", "global-w", "sparse-teacher", "student"
+enum class Method { MultiHead, Direct, GlobalW, SparseTeacher, Student, Ensemble };
+// "multi-head", "direct", "global-w", "sparse-teacher", "student", "ensemble"
 std::string_view to_string(Method method);
 Method parse_method(std::string_view name);  // accepts - or _; InputError otherwise
 inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead,
-                                         Method::SparseTeacher, Method::Student};
+                                         Method::SparseTeacher, Method::Student, Method::Ensemble};
 
 struct RankedAnswer {
   std::int64_t cluster_id = 0;
@@ -43,6 +43,7 @@ struct SearchOptions {
   std::optional<float> temperature;  // default: the projection's own
   std::size_t routing_top = 0;       // > 0: return that many top heads (multi-head, sparse-teacher)
   std::size_t route_k = 64;          // sparse-teacher: heads routed over per query
+  std::size_t top_domains = 0;       // ensemble: domains (students) run per query; 0: as trained
   bool include_projection = false;   // fill QueryResult::projection
 };
 
@@ -65,7 +66,7 @@ struct SearcherOptions {
 class Searcher {
  public:
   // Loads the named projection (or the active one) with its heads, its
-  // student when one was distilled, the answer corpus and, lazily, what
+  // student and ensemble when they were trained, the answer corpus and, lazily, what
   // global-W needs (so `store` must outlive the Searcher). InputError when
   // nothing is trained.
   static Searcher load(const Store& store, const std::string& projection_name = {},
@@ -82,6 +83,8 @@ class Searcher {
 
   bool has_student() const;
   std::size_t student_parameters() const;  // 0 without a student
+  bool has_ensemble() const;
+  std::size_t ensemble_parameters() const;  // 0 without an ensemble
 
   const std::string& model_name() const;
   const std::string& projection_name() const;

@@ -14,7 +14,7 @@
 
 namespace ldaproj {
 
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 struct Cluster {
   std::int64_t id = 0;
@@ -85,6 +85,17 @@ struct StoredStudent {
   std::string created_at;       // ISO-8601 UTC
 };
 
+// A hierarchical ensemble trained for a projection (at most one per
+// projection), as named tensors; ldaproj/ensemble.hpp gives them meaning.
+struct StoredEnsemble {
+  std::int64_t id = 0;
+  std::string projection;
+  std::string config_json;
+  std::vector<StudentTensor> tensors;  // empty when listed by ensembles()
+  std::string metrics_json;            // free-form JSON object, "{}" when none
+  std::string created_at;              // ISO-8601 UTC
+};
+
 struct ImportBatch {
   std::int64_t id = 0;
   std::string file;  // absolute path as given at import time
@@ -98,6 +109,7 @@ struct StoreStats {
   std::vector<std::pair<std::string, std::int64_t>> embeddings_per_model;
   std::vector<Projection> projections;  // without heads
   std::vector<StoredStudent> students;  // without tensors
+  std::vector<StoredEnsemble> ensembles;  // without tensors
   int schema_version = 0;
 };
 
@@ -141,6 +153,15 @@ class Store {
   // The student of the named projection (or the active one when empty).
   std::optional<StoredStudent> load_student(const std::string& projection_name = {}) const;
   std::vector<StoredStudent> students() const;  // without tensors
+
+  // Stores the ensemble of the projection it names, replacing an earlier
+  // one, in one transaction. InputError when the projection does not exist,
+  // the config is not a JSON object or a tensor is malformed or not finite;
+  // nothing is written then.
+  std::int64_t save_ensemble(const StoredEnsemble& ensemble);
+  // The ensemble of the named projection (or the active one when empty).
+  std::optional<StoredEnsemble> load_ensemble(const std::string& projection_name = {}) const;
+  std::vector<StoredEnsemble> ensembles() const;  // without tensors
 
   std::vector<ImportBatch> batches() const;
   StoreStats stats() const;

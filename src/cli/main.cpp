@@ -1,5 +1,5 @@
 // The ldaproj command line: import, embed, train, distill, query, validate,
-// stats, export, synth, bench, domains, encode, serve. Exit codes: 0 ok, 1 failure, 2 usage.
+// stats, export, synth, bench, domains, ensemble, encode, serve. Exit codes: 0 ok, 1 failure, 2 usage.
 #include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <unistd.h>
@@ -26,6 +26,7 @@
 #include "cli/progress.hpp"
 #include "cli/scale_commands.hpp"
 #include "ldaproj/distill.hpp"
+#include "ldaproj/ensemble.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/eval.hpp"
@@ -74,6 +75,7 @@ struct EncoderFlags {
 struct TeacherFlags {
   std::string precision = "fp32";
   std::size_t route_k = 64;
+  std::size_t top_domains = 0;
   std::size_t approximate_answers_from = SearcherOptions{}.approximate_answers_from;
 
   void add_to(CLI::App& cmd) {
@@ -81,6 +83,8 @@ struct TeacherFlags {
                    "sparse-teacher: route each query over this many nearest heads (HNSW over the centroids)")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
+    cmd.add_option("--top-domains", top_domains,
+                   "ensemble: students run per query (the heaviest domains by the meta-router; default: as trained)");
     cmd.add_option("--approximate-answers-from", approximate_answers_from,
                    "Search the answers through an HNSW graph when there are at least this many (else exactly)")
         ->capture_default_str()
@@ -190,11 +194,41 @@ void import_student(Store& store, const std::string& file, const std::string& pr
               std::string(to_string(student.weights.config.variant)).c_str(), student.weights.config.layers);
 }
 
+// An ensemble from our own export, for a projection with the same number of heads.
+void import_ensemble(Store& store, const std::string& file, const std::string& projection_name) {
+  std::map<std::string, std::string> metadata;
+  const EnsembleWeights weights = read_ensemble_safetensors(file, &metadata);
+  const auto projection = store.load_projection(projection_name);
+  if (!projection) {
+    throw InputError(file + ": there is no " +
+                     (projection_name.empty() ? std::string("trained projection") : "projection \"" + projection_name + "\"") +
+                     " in " + store.path().string() + " to attach the ensemble to; run `ldaproj train` first");
+  }
+  if (auto model = metadata.find("model"); model != metadata.end() && model->second != projection->model) {
+    throw InputError(file + ": the ensemble was trained on " + model->second + " embeddings, projection \"" +
+                     projection->name + "\" uses " + projection->model);
+  }
+  if (weights.domain_of_head.size() != projection->heads.size()) {
+    throw InputError(file + ": the ensemble was trained for " + std::to_string(weights.domain_of_head.size()) +
+                     " heads, projection \"" + projection->name + "\" has " + std::to_string(projection->heads.size()));
+  }
+  const auto metrics = metadata.find("metrics");
+  const bool has_metrics = metrics != metadata.end() && json::accept(metrics->second) &&
+                           json::parse(metrics->second).is_object();
+  store.save_ensemble(to_stored_ensemble(weights, projection->name, has_metrics ? metrics->second : "{}"));
+  std::printf("%s: ensemble imported for projection \"%s\" (%zu domains, %zu parameters)\n", file.c_str(),
+              projection->name.c_str(), weights.config.domains, weights.parameter_count());
+}
+
 int run_import(const std::string& db, const std::vector<std::string>& files, const std::string& projection) {
   Store store = Store::open(db);
   for (const auto& file : files) {
     if (is_student_file(file)) {
-      import_student(store, file, projection);
+      if (is_ensemble_safetensors(file)) {
+        import_ensemble(store, file, projection);
+      } else {
+        import_student(store, file, projection);
+      }
       continue;
     }
     const ImportReport r = import_file(store, file);
@@ -344,9 +378,30 @@ int run_distill(const std::string& db, DistillFlags f) {
 }
 
 // ---------------------------------------------------------------- export
-int run_export(const std::string& db, const std::string& projection_name, const std::string& out_file) {
+int run_export_ensemble(const Store& store, const std::string& db, const std::string& projection_name,
+                        const std::string& out_file) {
+  const auto stored = store.load_ensemble(projection_name);
+  if (!stored) {
+    throw InputError((projection_name.empty() ? std::string("the active projection") : "projection \"" + projection_name + "\"") +
+                     " in " + db + " has no ensemble; train one with `ldaproj ensemble --db " + db + "`");
+  }
+  const EnsembleWeights weights = *load_ensemble_weights(store, stored->projection);
+  const auto projection = store.load_projection(stored->projection);
+  write_ensemble_safetensors(out_file, weights,
+                             {{"projection", stored->projection},
+                              {"model", projection->model},
+                              {"teacher_temperature", std::to_string(projection->temperature)},
+                              {"metrics", stored->metrics_json},
+                              {"created_at", stored->created_at}});
+  std::printf("%s: ensemble of projection \"%s\" (%zu domains, %zu parameters)\n", out_file.c_str(),
+              stored->projection.c_str(), weights.config.domains, weights.parameter_count());
+  return 0;
+}
+
+int run_export(const std::string& db, const std::string& projection_name, const std::string& out_file, bool ensemble) {
   require_existing_db(db);
   Store store = Store::open_read_only(db);
+  if (ensemble) return run_export_ensemble(store, db, projection_name, out_file);
   const auto student = store.load_student(projection_name);
   if (!student) {
     throw InputError((projection_name.empty() ? std::string("the active projection") : "projection \"" + projection_name + "\"") +
@@ -404,6 +459,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
   options.temperature = f.temperature;
   options.routing_top = (f.show_routing || f.as_json) ? f.routing_top : 0;
   options.route_k = teacher.route_k;
+  options.top_domains = teacher.top_domains;
   const auto results = searcher.search(encoder.encode(texts), options);
 
   for (std::size_t i = 0; i < texts.size(); ++i) {
@@ -491,7 +547,8 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   std::vector<Method> methods;
   if (methods_flag.empty()) {
     for (Method m : kAllMethods)
-      if (m != Method::Student || searcher.has_student()) methods.push_back(m);
+      if ((m != Method::Student || searcher.has_student()) && (m != Method::Ensemble || searcher.has_ensemble()))
+        methods.push_back(m);
   } else {
     std::stringstream ss(methods_flag);
     std::string m;
@@ -501,13 +558,14 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   json out{{"queries", tests.size()}, {"temperature", tau}, {"projection", searcher.projection_name()},
            {"methods", json::object()}};
   std::vector<std::pair<Method, RetrievalMetrics>> table;
-  std::optional<Agreement> student_agreement;
+  std::map<Method, Agreement> agreements;  // student and ensemble vs the teacher
   for (Method m : methods) {
     SearchOptions options;
     options.method = m;
     options.top_k = 10;
     options.temperature = tau;
     options.route_k = teacher.route_k;
+    options.top_domains = teacher.top_domains;
     const auto results = searcher.search(queries, options);
     const RetrievalMetrics metrics = score_results(results, expected);
     table.emplace_back(m, metrics);
@@ -522,19 +580,20 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
       out["methods"][method_key(m)]["uncovered_mass_bound"] = {{"mean", mean / double(results.size())},
                                                                {"max", worst}};
     }
-    if (m == Method::Student) {
+    if (m == Method::Student || m == Method::Ensemble) {
       // Against the teacher it was distilled from: the projection's own temperature.
       const Matrix projected = searcher.project(queries, options);
       SearchOptions teacher_options = options;
       teacher_options.method = Method::MultiHead;
       teacher_options.temperature = searcher.temperature();
       const Matrix teacher_projected = searcher.project(queries, teacher_options);
-      student_agreement = agreement(projected, teacher_projected, results,
+      const Agreement a = agreement(projected, teacher_projected, results,
                                     searcher.rank(teacher_projected, options.top_k));
-      out["methods"]["student"]["agreement"] = {{"top10_overlap", student_agreement->top10_overlap},
-                                                {"mean_cosine", student_agreement->mean_cosine},
-                                                {"min_cosine", student_agreement->min_cosine}};
-      out["methods"]["student"]["parameters"] = searcher.student_parameters();
+      agreements[m] = a;
+      json& entry = out["methods"][method_key(m)];
+      entry["agreement"] = {{"top10_overlap", a.top10_overlap}, {"mean_cosine", a.mean_cosine},
+                            {"min_cosine", a.min_cosine}};
+      entry["parameters"] = m == Method::Student ? searcher.student_parameters() : searcher.ensemble_parameters();
     }
   }
   std::vector<std::pair<float, RetrievalMetrics>> sweep_rows;
@@ -567,10 +626,10 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
     std::printf("  %-15s %8s %8s %8.3f\n", std::string(to_string(m)).c_str(),
                 percent(r.recall_at_1).c_str(), percent(r.recall_at_5).c_str(), r.mrr_at_10);
   }
-  if (student_agreement) {
-    std::printf("\n  student vs teacher (temperature %g): top-10 overlap %s, cosine mean %.4f, min %.4f\n",
-                searcher.temperature(), percent(student_agreement->top10_overlap).c_str(),
-                student_agreement->mean_cosine, student_agreement->min_cosine);
+  for (const auto& [m, a] : agreements) {
+    std::printf("\n  %s vs teacher (temperature %g): top-10 overlap %s, cosine mean %.4f, min %.4f\n",
+                std::string(to_string(m)).c_str(), searcher.temperature(), percent(a.top10_overlap).c_str(),
+                a.mean_cosine, a.min_cosine);
   }
   if (!sweep_rows.empty()) {
     std::printf("\n  multi-head over temperature:\n  %-12s %8s %8s %8s\n", "temperature", "R@1", "R@5", "MRR@10");
@@ -603,6 +662,12 @@ int run_stats(const std::string& db, bool as_json) {
                                {"created_at", st.created_at},
                                {"metrics", json::parse(st.metrics_json.empty() ? "{}" : st.metrics_json)}});
   }
+  out["ensembles"] = json::array();
+  for (const auto& e : s.ensembles) {
+    out["ensembles"].push_back({{"projection", e.projection}, {"config", json::parse(e.config_json)},
+                                {"created_at", e.created_at},
+                                {"metrics", json::parse(e.metrics_json.empty() ? "{}" : e.metrics_json)}});
+  }
   if (as_json) {
     std::cout << out.dump(2) << "\n";
     return 0;
@@ -624,6 +689,12 @@ int run_stats(const std::string& db, bool as_json) {
     std::printf("  student of %s: %s, %zu heads x %zu keys, %zu layer(s), %s, metrics %s\n", st.projection.c_str(),
                 std::string(to_string(c.variant)).c_str(), c.num_heads, c.keys_per_head, c.layers,
                 st.created_at.c_str(), st.metrics_json.c_str());
+  }
+  for (const auto& e : s.ensembles) {
+    const json config = json::parse(e.config_json);
+    std::printf("  ensemble of %s: %s domains, top %s per query, %s\n", e.projection.c_str(),
+                config.value("domains", json(0)).dump().c_str(), config.value("top_domains", json(0)).dump().c_str(),
+                e.created_at.c_str());
   }
   return 0;
 }
@@ -734,7 +805,7 @@ int run_serve(ServerOptions options, bool access_log) {
 int main(int argc, char** argv) {
   using namespace ldaproj::cli;
   CLI::App app{"ldaproj: question->answer semantic search by multi-head projection.\n"
-               "Typical flow: import -> embed -> train [-> distill] -> query/validate/serve."};
+               "Typical flow: import -> embed -> train [-> distill / ensemble] -> query/validate/serve."};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("ldaproj ") + LDAPROJ_VERSION_STRING);
 
@@ -746,7 +817,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> files;
   std::string import_projection;
   auto* import_cmd = app.add_subcommand("import", "Import Q-A clusters from JSON (original format) or JSONL files, "
-                                                  "or a student from .safetensors");
+                                                  "or a student or ensemble from .safetensors");
   add_db(import_cmd);
   import_cmd->add_option("files", files, "Files to import; each is one transaction")->required()->check(CLI::ExistingFile);
   import_cmd->add_option("--projection", import_projection,
@@ -756,7 +827,8 @@ int main(int argc, char** argv) {
       "or JSON Lines {\"cluster\",\"question\"[,\"length\"]} / {\"cluster\",\"answer\"[,\"variant\"]}.\n"
       "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch.\n"
       "A .safetensors file is a student (from `ldaproj export` or PyTorch, config in __metadata__) and\n"
-      "replaces the projection's student.");
+      "replaces the projection's student, or an ensemble (from `ldaproj export --ensemble`) and replaces\n"
+      "the projection's ensemble.");
 
   EncoderFlags enc;
   std::size_t embed_batch = 64;
@@ -834,7 +906,9 @@ int main(int argc, char** argv) {
   }
 
   std::string export_projection, export_out;
-  auto* export_cmd = app.add_subcommand("export", "Write a projection's student as safetensors (config in __metadata__)");
+  bool export_ensemble = false;
+  auto* export_cmd = app.add_subcommand("export", "Write a projection's student (or ensemble) as safetensors (config in __metadata__)");
+  export_cmd->add_flag("--ensemble", export_ensemble, "Export the projection's ensemble instead of its student");
   add_db(export_cmd);
   export_cmd->add_option("--projection", export_projection, "Projection whose student to export (default: the active one)");
   export_cmd->add_option("--out", export_out, "Output .safetensors file")->required();
@@ -847,7 +921,7 @@ int main(int argc, char** argv) {
   enc.add_to(*query_cmd);
   TeacherFlags teacher;
   teacher.add_to(*query_cmd);
-  query_cmd->add_option("--method", qf.method, "multi-head, student, sparse-teacher, direct or global-w")->capture_default_str();
+  query_cmd->add_option("--method", qf.method, "multi-head, student, ensemble, sparse-teacher, direct or global-w")->capture_default_str();
   query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(CLI::PositiveNumber);
   query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(CLI::PositiveNumber);
   query_cmd->add_option("--projection", qf.projection, "Projection name (default: the active one)");
@@ -869,8 +943,8 @@ int main(int argc, char** argv) {
   validate_cmd->add_option("--temperature", validate_temperature, "Temperature for multi-head (default: the projection's)")->check(CLI::PositiveNumber);
   validate_cmd->add_option("--sweep-temperature", sweep, "Comma-separated temperatures, e.g. 0.01,0.05,0.1,0.5,1");
   validate_cmd->add_option("--methods", methods,
-                           "Comma-separated subset of direct,global-w,multi-head,sparse-teacher,student (default: "
-                           "all; student when one was distilled, with its agreement with the teacher)");
+                           "Comma-separated subset of direct,global-w,multi-head,sparse-teacher,student,ensemble "
+                           "(default: all; student and ensemble when trained, with their agreement with the teacher)");
   validate_cmd->add_option("--projection", validate_projection, "Projection name (default: the active one)");
   validate_cmd->add_flag("--json", validate_json, "Print one JSON object");
 
@@ -923,6 +997,8 @@ int main(int argc, char** argv) {
   crossover.add_to(app);
   DomainsCommand domains;
   domains.add_to(app);
+  EnsembleCommand ensemble;
+  ensemble.add_to(app);
 
   try {
     app.parse(argc, argv);
@@ -934,7 +1010,7 @@ int main(int argc, char** argv) {
   try {
     if (*import_cmd) return run_import(db, files, import_projection);
     if (*distill_cmd) return run_distill(db, df);
-    if (*export_cmd) return run_export(db, export_projection, export_out);
+    if (*export_cmd) return run_export(db, export_projection, export_out, export_ensemble);
     if (*embed_cmd) return run_embed(db, enc, embed_batch, quiet);
     if (*train_cmd) return run_train(db, embedding_model, temperature, name, centroid);
     if (*query_cmd) {
@@ -955,6 +1031,7 @@ int main(int argc, char** argv) {
     if (*synth.command) return synth.run();
     if (*crossover.command) return crossover.run();
     if (*domains.command) return domains.run();
+    if (*ensemble.command) return ensemble.run();
   } catch (const ldaproj::InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -1,5 +1,6 @@
 // CLI commands for scale: `synth` writes a synthetic store, `bench` runs the
-// crossover study, `domains` splits a projection's heads into domains.
+// crossover study, `domains` splits a projection's heads into domains,
+// `ensemble` trains the hierarchical ensemble over those domains.
 #pragma once
 #include <CLI/CLI.hpp>
 
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "ldaproj/domains.hpp"
+#include "ldaproj/ensemble.hpp"
 #include "ldaproj/synthetic.hpp"
 
 namespace ldaproj::cli {
@@ -47,6 +49,21 @@ struct DomainsCommand {
   std::string labels;
   std::string out;
   bool as_json = false;
+  CLI::App* command = nullptr;
+
+  void add_to(CLI::App& app);
+  int run();
+};
+
+struct EnsembleCommand {
+  std::string db;
+  std::string projection;
+  DomainOptions domains;
+  std::string domain_method = "kmeans";
+  std::string labels;
+  EnsembleOptions options;
+  std::string variant = "block";
+  bool as_json = false, quiet = false;
   CLI::App* command = nullptr;
 
   void add_to(CLI::App& app);

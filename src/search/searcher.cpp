@@ -1,6 +1,6 @@
 // Loads a trained projection, its student and the answer corpus from the
 // store and answers query embeddings by any method (multi-head, student,
-// sparse-teacher, direct, global-w).
+// ensemble, sparse-teacher, direct, global-w).
 #include <algorithm>
 #include <mutex>
 #include <numeric>
@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "ldaproj/ensemble.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/index.hpp"
 #include "ldaproj/search.hpp"
@@ -23,6 +24,7 @@ std::string_view to_string(Method method) {
     case Method::GlobalW: return "global-w";
     case Method::SparseTeacher: return "sparse-teacher";
     case Method::Student: return "student";
+    case Method::Ensemble: return "ensemble";
   }
   return "?";
 }
@@ -35,8 +37,9 @@ Method parse_method(std::string_view name) {
   if (n == "global-w") return Method::GlobalW;
   if (n == "sparse-teacher" || n == "sparse") return Method::SparseTeacher;
   if (n == "student") return Method::Student;
+  if (n == "ensemble") return Method::Ensemble;
   throw InputError("unknown method \"" + std::string(name) +
-                   "\"; expected multi-head, student, sparse-teacher, direct or global-w");
+                   "\"; expected multi-head, student, ensemble, sparse-teacher, direct or global-w");
 }
 
 struct Searcher::Impl {
@@ -45,6 +48,7 @@ struct Searcher::Impl {
   std::vector<std::int64_t> head_clusters;  // head index -> cluster id
   MultiHeadProjection teacher;
   StudentModel student;  // empty when none was distilled
+  EnsembleModel ensemble;  // empty when none was trained
   std::unique_ptr<Index> answer_index;
   Matrix answer_corpus;  // kept only for an approximate index, to measure its recall
   std::vector<std::int64_t> answer_labels;
@@ -140,6 +144,13 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
     }
     impl->student = StudentModel(student->weights);
   }
+  if (auto ensemble = load_ensemble_weights(store, projection->name)) {
+    if (ensemble->config.dim != dim || ensemble->domain_of_head.size() != impl->head_clusters.size()) {
+      throw Error("the ensemble of projection " + projection->name + " does not match its heads; train it again " +
+                  "with `ldaproj ensemble`");
+    }
+    impl->ensemble = EnsembleModel(*ensemble);
+  }
 
   for (const Cluster& c : store.clusters()) impl->cluster_names.emplace(c.id, c.external_id);
 
@@ -198,6 +209,15 @@ Matrix Searcher::project(const Matrix& queries, const SearchOptions& options) co
       Matrix unit = queries;
       normalize_rows(unit, "query");
       return s.student.project(unit);
+    }
+    case Method::Ensemble: {
+      if (s.ensemble.empty()) {
+        throw InputError("projection \"" + s.projection_name + "\" has no ensemble; train one with " +
+                         "`ldaproj ensemble --db " + s.store->path().string() + "`");
+      }
+      Matrix unit = queries;
+      normalize_rows(unit, "query");
+      return s.ensemble.project(unit, options.top_domains);
     }
   }
   throw Error("unknown method");
@@ -279,6 +299,8 @@ std::vector<QueryResult> Searcher::rank(const Matrix& projected, std::size_t top
 }
 
 bool Searcher::has_student() const { return !impl_->student.empty(); }
+bool Searcher::has_ensemble() const { return !impl_->ensemble.empty(); }
+std::size_t Searcher::ensemble_parameters() const { return impl_->ensemble.parameter_count(); }
 std::size_t Searcher::student_parameters() const { return impl_->student.parameter_count(); }
 
 const std::string& Searcher::model_name() const { return impl_->model_name; }

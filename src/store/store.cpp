@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
@@ -178,6 +179,27 @@ std::vector<StoredStudent> read_students(sqlite3* db, const fs::path& path) {
   Statement select(db, std::string(kStudentColumns) + "ORDER BY s.id");
   std::vector<StoredStudent> result;
   while (select.step()) result.push_back(student_from_row(select, path));
+  return result;
+}
+
+constexpr const char* kEnsembleColumns =
+    "SELECT e.id, p.name, e.config_json, e.metrics_json, e.created_at "
+    "FROM ensembles e JOIN projections p ON p.id = e.projection_id ";
+
+StoredEnsemble ensemble_from_row(const Statement& row) {
+  StoredEnsemble e;
+  e.id = row.column_int(0);
+  e.projection = row.column_text(1);
+  e.config_json = row.column_text(2);
+  e.metrics_json = row.column_text(3);
+  e.created_at = row.column_text(4);
+  return e;
+}
+
+std::vector<StoredEnsemble> read_ensembles(sqlite3* db) {
+  Statement select(db, std::string(kEnsembleColumns) + "ORDER BY e.id");
+  std::vector<StoredEnsemble> result;
+  while (select.step()) result.push_back(ensemble_from_row(select));
   return result;
 }
 
@@ -580,6 +602,98 @@ std::optional<StoredStudent> Store::load_student(const std::string& projection_n
 
 std::vector<StoredStudent> Store::students() const { return read_students(impl_->db, impl_->path); }
 
+std::int64_t Store::save_ensemble(const StoredEnsemble& ensemble) {
+  require_writable(*impl_, "saving an ensemble");
+  const std::string what = "the ensemble of projection \"" + ensemble.projection + "\"";
+  const std::string metrics = ensemble.metrics_json.empty() ? "{}" : ensemble.metrics_json;
+  for (const std::string* json : {&ensemble.config_json, &metrics}) {
+    if (!nlohmann::json::accept(*json) || !nlohmann::json::parse(*json).is_object()) {
+      throw InputError(what + ": its config and metrics must be JSON objects; nothing was stored");
+    }
+  }
+  std::set<std::string> names;
+  for (const StudentTensor& t : ensemble.tensors) {
+    std::size_t count = 1;
+    for (const auto d : t.shape) {
+      if (d < 0) throw InputError(what + ": tensor '" + t.name + "' has a negative dimension; nothing was stored");
+      count *= static_cast<std::size_t>(d);
+    }
+    if (t.name.empty() || !names.insert(t.name).second || count != t.values.size()) {
+      throw InputError(what + ": tensor '" + t.name + "' is unnamed, repeated or does not match its shape; nothing was stored");
+    }
+    for (const float v : t.values) {
+      if (!std::isfinite(v)) throw InputError(what + ": tensor '" + t.name + "' is not finite; nothing was stored");
+    }
+  }
+  sqlite3* db = impl_->db;
+  Transaction transaction(db, Transaction::Kind::Write);
+  Statement find(db, "SELECT id FROM projections WHERE name = ?1");
+  find.bind(1, ensemble.projection);
+  if (!find.step()) {
+    throw InputError(what + ": there is no projection \"" + ensemble.projection + "\" in " + impl_->path.string() +
+                     "; train it first (`ldaproj train`)");
+  }
+  const std::int64_t projection_id = find.column_int(0);
+  Statement remove(db, "DELETE FROM ensembles WHERE projection_id = ?1");
+  remove.bind(1, projection_id).run();
+  Statement insert(db,
+                   "INSERT INTO ensembles(projection_id, config_json, metrics_json, created_at) "
+                   "VALUES (?1, ?2, ?3, ?4)");
+  insert.bind(1, projection_id)
+      .bind(2, ensemble.config_json)
+      .bind(3, metrics)
+      .bind(4, ensemble.created_at.empty() ? store_detail::utc_now() : ensemble.created_at)
+      .run();
+  const std::int64_t ensemble_id = sqlite3_last_insert_rowid(db);
+  Statement insert_tensor(db,
+                          "INSERT INTO ensemble_tensors(ensemble_id, name, position, shape_json, data) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5)");
+  for (std::size_t i = 0; i < ensemble.tensors.size(); ++i) {
+    const StudentTensor& t = ensemble.tensors[i];
+    insert_tensor.reset();
+    insert_tensor.bind(1, ensemble_id)
+        .bind(2, t.name)
+        .bind(3, static_cast<std::int64_t>(i))
+        .bind(4, nlohmann::json(t.shape).dump())
+        .bind_blob(5, encode_floats(t.values))
+        .run();
+  }
+  transaction.commit();
+  return ensemble_id;
+}
+
+std::optional<StoredEnsemble> Store::load_ensemble(const std::string& projection_name) const {
+  sqlite3* db = impl_->db;
+  Transaction snapshot(db, Transaction::Kind::Read);
+  Statement select(db, std::string(kEnsembleColumns) +
+                           (projection_name.empty() ? "WHERE p.active = 1 ORDER BY p.id DESC LIMIT 1"
+                                                    : "WHERE p.name = ?1"));
+  if (!projection_name.empty()) select.bind(1, projection_name);
+  if (!select.step()) return std::nullopt;
+  StoredEnsemble ensemble = ensemble_from_row(select);
+  const std::string what = "the ensemble of projection \"" + ensemble.projection + "\"";
+  Statement tensors(db, "SELECT name, shape_json, data FROM ensemble_tensors WHERE ensemble_id = ?1 ORDER BY position");
+  tensors.bind(1, ensemble.id);
+  while (tensors.step()) {
+    StudentTensor t;
+    t.name = tensors.column_text(0);
+    std::size_t count = 1;
+    try {
+      t.shape = nlohmann::json::parse(tensors.column_text(1)).get<std::vector<std::int64_t>>();
+    } catch (const nlohmann::json::exception&) {
+      throw Error(what + ": tensor '" + t.name + "' has a malformed shape; train it again with `ldaproj ensemble`");
+    }
+    for (const auto dim : t.shape) count *= static_cast<std::size_t>(std::max<std::int64_t>(dim, 0));
+    t.values.resize(count);
+    decode_floats(tensors.column_blob(2), count, t.values.data(), what + ", tensor '" + t.name + "'");
+    ensemble.tensors.push_back(std::move(t));
+  }
+  snapshot.commit();
+  return ensemble;
+}
+
+std::vector<StoredEnsemble> Store::ensembles() const { return read_ensembles(impl_->db); }
+
 std::vector<ImportBatch> Store::batches() const {
   Statement select(impl_->db, "SELECT id, file, sha256, status, imported_at FROM import_batches ORDER BY id");
   std::vector<ImportBatch> result;
@@ -606,6 +720,7 @@ StoreStats Store::stats() const {
   while (per_model.step()) stats.embeddings_per_model.emplace_back(per_model.column_text(0), per_model.column_int(1));
   stats.projections = read_projections(db);
   stats.students = read_students(db, impl_->path);
+  stats.ensembles = read_ensembles(db);
   stats.schema_version = schema::user_version(db);
   snapshot.commit();
   return stats;

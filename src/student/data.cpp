@@ -88,6 +88,8 @@ std::vector<DataSource> parse_data_sources(std::string_view list) {
 DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& questions,
                               const std::vector<std::size_t>& head_of_question, const DistillDataOptions& options) {
   const std::size_t d = teacher.dim(), heads = teacher.num_heads();
+  // One unpacked copy: the teacher hands out copies, not references.
+  const Matrix centroids = teacher.centroids();
   if (questions.rows == 0) throw InputError("no training questions to distil from");
   if (questions.cols != d) {
     throw InputError("questions have dimension " + std::to_string(questions.cols) + ", the teacher " +
@@ -141,7 +143,7 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
   std::vector<std::vector<std::size_t>> neighbours(heads);
   auto find_neighbours = [&](const std::vector<std::size_t>& wanted) {
     constexpr std::size_t kSlice = 256;
-    const Matrix& c = teacher.centroids();
+    const Matrix& c = centroids;
     for (std::size_t begin = 0; begin < wanted.size(); begin += kSlice) {
       const std::size_t end = std::min(wanted.size(), begin + kSlice);
       Matrix slice(end - begin, d);
@@ -202,7 +204,7 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
         case DataSource::Within: {
           const auto& same = train_of_head[h];
           const std::vector<float> other = same.size() > 1 ? unit(row_of(questions, same[pick(same.size())]))
-                                                           : row_of(teacher.centroids(), h);
+                                                           : row_of(centroids, h);
           add(s, mix(q, other, t));
           break;
         }
@@ -219,7 +221,7 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
         case DataSource::Extrapolated: {
           // q + s (q - c): moves away from the centroid along the question's
           // own direction of difference, s in [0, 1.5).
-          const float* c = teacher.centroids().row(h);
+          const float* c = centroids.row(h);
           std::vector<float> out(d);
           const float step = 1.5f * t;
           for (std::size_t j = 0; j < d; ++j) out[j] = q[j] + step * (q[j] - c[j]);

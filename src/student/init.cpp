@@ -243,10 +243,11 @@ HeadGroups group_teacher_heads(const MultiHeadProjection& teacher, std::size_t g
   out.keys = centres;
   out.values = Matrix(k, d);
   std::vector<std::size_t> sizes(k, 0);
+  const Matrix answers = teacher.answers();  // a copy: unpack once, not per element
   for (std::size_t i = 0; i < n; ++i) {
     const std::size_t c = out.group_of_head[i];
     ++sizes[c];
-    for (std::size_t j = 0; j < d; ++j) out.values(c, j) += teacher.answers()(i, j);
+    for (std::size_t j = 0; j < d; ++j) out.values(c, j) += answers(i, j);
   }
   for (std::size_t c = 0; c < k; ++c) {
     // Recompute each key from its final members (k-means may stop mid-update).
