@@ -160,6 +160,7 @@ TEST(Crossover, SparseWithEveryHeadAgreesWithDense) {
   o.route_k = 300;
   o.queries = 16;
   o.latency_budget_seconds = 0.01;
+  o.methods = {"dense-teacher", "sparse-teacher"};
   const auto results = run_crossover(o);
   ASSERT_EQ(results.size(), 2u);
   for (const auto& r : results) {
@@ -177,6 +178,34 @@ TEST(Crossover, SparseWithEveryHeadAgreesWithDense) {
   EXPECT_NE(svg.find("<polyline"), std::string::npos);
   EXPECT_NE(svg.find("sparse-teacher"), std::string::npos);
   o.methods = {"no-such-method"};
+  EXPECT_THROW(run_crossover(o), InputError);
+}
+
+TEST(Crossover, LearnedMethodsAreMeasuredLikeTheOthers) {
+  CrossoverOptions o;
+  o.clusters = {200};
+  o.queries = 8;
+  o.latency_budget_seconds = 0.01;
+  o.training_questions = 400;
+  o.student.epochs = 1;
+  o.student.data.samples = 128;
+  o.student.config.keys_per_head = 2;
+  o.domains = 2;
+  o.threads = 1;
+  o.methods = {"student", "ensemble", "student-matched"};
+  const auto results = run_crossover(o);
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& r : results) {
+    EXPECT_GE(r.top10_overlap, 0.0) << r.method;
+    EXPECT_LE(r.top10_overlap, 1.0) << r.method;
+    EXPECT_GT(r.mean_cosine, 0.0) << r.method;
+    EXPECT_GT(r.memory_bytes, 0u) << r.method;
+  }
+  // The matched student has the ensemble's parameter budget, give or take a few keys.
+  const double ensemble = double(results[1].memory_bytes), matched = double(results[2].memory_bytes);
+  EXPECT_NEAR(matched / ensemble, 1.0, 0.01);
+  EXPECT_GT(ensemble, 1.5 * double(results[0].memory_bytes));
+  o.training_questions = 0;
   EXPECT_THROW(run_crossover(o), InputError);
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ldaproj/distill.hpp"
 #include "ldaproj/matrix.hpp"
 #include "ldaproj/synthetic.hpp"
 #include "ldaproj/teacher.hpp"
@@ -14,16 +15,20 @@
 namespace ldaproj {
 
 // The heads of one synthetic set: unit centroids (mean of each cluster's
-// questions) and answers, plus held-out queries.
+// questions) and answers, plus held-out queries, and the training questions
+// of evenly spaced clusters (at most `training_questions` of them) for the
+// methods that learn from the teacher.
 struct HeadSet {
   Matrix centroids;
   Matrix answers;
   Matrix queries;
   std::vector<std::size_t> cluster_domain;  // per head
+  Matrix questions;                         // unit rows
+  std::vector<std::size_t> question_head;   // per question
 };
 
 HeadSet make_head_set(std::size_t clusters, std::size_t questions_per_cluster, std::size_t queries,
-                      std::uint64_t seed);
+                      std::uint64_t seed, std::size_t training_questions = 0);
 
 // A routing method built over a head set: queries in, projected unit
 // embeddings out.
@@ -52,6 +57,14 @@ struct CrossoverOptions {
   int threads = 0;
   std::uint64_t seed = 1;
   double latency_budget_seconds = 2.0;  // per method and n, for the batch-1 timings
+  // The learned methods: "student" (one student), "ensemble" (`domains`
+  // k-means domains, a student each, top `top_domains` per query) and
+  // "student-matched" (one student with as many parameters as the ensemble,
+  // the extra ones as learned keys).
+  std::size_t training_questions = 20000;  // distillation questions kept per n
+  DistillOptions student;
+  std::size_t domains = 8;
+  std::size_t top_domains = 2;
   std::function<void(const std::string&)> progress;  // status lines, may be empty
 };
 
@@ -66,7 +79,8 @@ struct CrossoverResult {
   std::size_t memory_bytes = 0;
 };
 
-// The methods the library can build: dense-teacher, sparse-teacher.
+// The methods the library can build: dense-teacher, sparse-teacher,
+// student, ensemble, student-matched.
 std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& options);
 
 std::vector<CrossoverResult> run_crossover(const CrossoverOptions& options,

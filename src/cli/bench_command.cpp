@@ -44,7 +44,8 @@ void BenchCommand::add_to(CLI::App& app) {
                                "count (batch-1 latency, throughput, memory, agreement with the dense teacher)");
   command->add_option("--clusters", clusters, "Comma-separated cluster counts, e.g. 1000,10000,100000,1000000")
       ->capture_default_str();
-  command->add_option("--methods", methods, "Comma-separated subset (default: all: dense-teacher,sparse-teacher)");
+  command->add_option("--methods", methods, "Comma-separated subset (default: all: dense-teacher,sparse-teacher,student,ensemble,"
+                      "student-matched)");
   command->add_option("--route-k", route_k, "Heads the sparse teacher routes over")->capture_default_str();
   command->add_option("--temperature", temperature, "Routing temperature of every method")
       ->capture_default_str()
@@ -54,6 +55,15 @@ void BenchCommand::add_to(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   command->add_option("--questions-per-cluster", questions_per_cluster, "Questions averaged into each centroid")
       ->capture_default_str();
+  command->add_option("--training-questions", training_questions,
+                      "Questions the learned methods distil from, per size (of evenly spaced clusters)")
+      ->capture_default_str();
+  command->add_option("--student-epochs", student_epochs, "Epochs of every student (student, ensemble, student-matched)")
+      ->capture_default_str();
+  command->add_option("--student-samples", student_samples, "Generated distillation inputs per student")
+      ->capture_default_str();
+  command->add_option("--domains", domains, "Ensemble domains (k-means over the centroids)")->capture_default_str();
+  command->add_option("--top-domains", top_domains, "Ensemble students run per query")->capture_default_str();
   command->add_option("--threads", threads, "Thread cap (default: all cores)")->check(CLI::NonNegativeNumber);
   command->add_option("--seed", seed, "Random seed")->capture_default_str();
   command->add_option("--csv", csv, "CSV output file")->capture_default_str();
@@ -71,6 +81,11 @@ int BenchCommand::run() const {
   o.questions_per_cluster = questions_per_cluster;
   o.threads = threads;
   o.seed = seed;
+  o.training_questions = training_questions;
+  o.student.epochs = student_epochs;
+  o.student.data.samples = student_samples;
+  o.domains = domains;
+  o.top_domains = top_domains;
   o.progress = [](const std::string& line) { std::fprintf(stderr, "  %s\n", line.c_str()); };
   if (!as_json) {
     std::printf("%-10s %-16s %10s %10s %12s %8s %8s %12s %9s\n", "clusters", "method", "p50_us", "p99_us",

@@ -30,6 +30,11 @@ struct BenchCommand {
   float temperature = 0.1f;
   std::size_t queries = 256;
   std::size_t questions_per_cluster = 4;
+  std::size_t training_questions = 20000;
+  std::size_t student_epochs = 20;
+  std::size_t student_samples = 8192;
+  std::size_t domains = 8;
+  std::size_t top_domains = 2;
   int threads = 0;
   std::string csv = "crossover.csv";
   std::string plot = "crossover.svg";

@@ -2,6 +2,7 @@
 // times batch-1 latency and batched throughput, and measures agreement with
 // the dense teacher on held-out queries.
 #include "ldaproj/crossover.hpp"
+#include "ldaproj/ensemble.hpp"
 
 #include <cblas.h>
 
@@ -49,6 +50,53 @@ class SparseMethod final : public ScaleMethod {
   std::size_t route_k_;
 };
 
+class StudentMethod final : public ScaleMethod {
+ public:
+  explicit StudentMethod(const StudentWeights& weights) : student_(weights) {}
+  Matrix project(const Matrix& queries) const override {
+    Matrix unit = queries;
+    normalize_rows(unit, "query");
+    return student_.project(unit);
+  }
+  std::size_t memory_bytes() const override { return student_.parameter_count() * sizeof(float); }
+
+ private:
+  StudentModel student_;
+};
+
+class EnsembleMethod final : public ScaleMethod {
+ public:
+  explicit EnsembleMethod(const EnsembleWeights& weights) : ensemble_(weights) {}
+  Matrix project(const Matrix& queries) const override {
+    Matrix unit = queries;
+    normalize_rows(unit, "query");
+    return ensemble_.project(unit);
+  }
+  std::size_t memory_bytes() const override { return ensemble_.parameter_count() * sizeof(float); }
+
+ private:
+  EnsembleModel ensemble_;
+};
+
+std::size_t student_parameters(const StudentConfig& config) { return StudentWeights::zeros(config).parameter_count(); }
+
+// A student config for the ensemble's parameter budget: the ensemble's
+// student shape with more learned keys per head.
+StudentConfig matched_student(const CrossoverOptions& o, std::size_t dim) {
+  StudentConfig c = o.student.config;
+  c.dim = dim;
+  const std::size_t hidden = 256;  // EnsembleOptions::router_hidden default
+  const std::size_t budget = o.domains * student_parameters(c) + hidden * dim + hidden + o.domains * hidden + o.domains;
+  const std::size_t base = student_parameters(c) - 2 * c.num_keys() * dim;  // without keys and values
+  const std::size_t keys = budget > base ? (budget - base) / (2 * dim * c.layers) : c.num_keys();
+  c.keys_per_head = std::max<std::size_t>(1, keys / c.num_heads);
+  return c;
+}
+
+void require_training_questions(const HeadSet& heads) {
+  if (heads.questions.rows == 0) throw InputError("bench: the learned methods need training questions (--training-questions)");
+}
+
 // Indices of the 10 answers with the highest cosine to each projected row.
 // Queries go through in groups so the score block stays small at n = 1M.
 std::vector<std::vector<std::size_t>> top10(const Matrix& answers, const Matrix& projected) {
@@ -86,7 +134,7 @@ double percentile(std::vector<double> values, double p) {
 }  // namespace
 
 HeadSet make_head_set(std::size_t clusters, std::size_t questions_per_cluster, std::size_t queries,
-                      std::uint64_t seed) {
+                      std::uint64_t seed, std::size_t training_questions) {
   SyntheticSpec spec;
   spec.clusters = clusters;
   spec.questions_per_cluster = questions_per_cluster;
@@ -97,14 +145,22 @@ HeadSet make_head_set(std::size_t clusters, std::size_t questions_per_cluster, s
   set.answers = Matrix(clusters, spec.dim);
   set.queries = Matrix(0, spec.dim);
   set.cluster_domain.resize(clusters);
+  set.questions = Matrix(0, spec.dim);
   // Queries are the held-out query of evenly spaced clusters.
   const std::size_t stride = std::max<std::size_t>(1, clusters / std::max<std::size_t>(1, queries));
+  const std::size_t trained_clusters = std::min(clusters, training_questions / std::max<std::size_t>(1, questions_per_cluster));
+  const std::size_t train_stride = trained_clusters ? std::max<std::size_t>(1, clusters / trained_clusters) : 0;
   generate_synthetic(spec, [&](const SyntheticCluster& c) {
     float* centroid = set.centroids.row(c.index);
     for (std::size_t i = 0; i < c.questions.rows; ++i)
       for (std::size_t j = 0; j < spec.dim; ++j) centroid[j] += c.questions(i, j);
     std::copy(c.answer.begin(), c.answer.end(), set.answers.row(c.index));
     set.cluster_domain[c.index] = c.domain;
+    if (train_stride && c.index % train_stride == 0 && set.questions.rows + c.questions.rows <= training_questions) {
+      set.questions.data.insert(set.questions.data.end(), c.questions.data.begin(), c.questions.data.end());
+      set.questions.rows += c.questions.rows;
+      set.question_head.insert(set.question_head.end(), c.questions.rows, c.index);
+    }
     if (c.index % stride == 0 && set.queries.rows < queries) {
       set.queries.data.insert(set.queries.data.end(), c.heldout.row(0), c.heldout.row(0) + spec.dim);
       ++set.queries.rows;
@@ -121,6 +177,40 @@ std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& o) {
       {"sparse-teacher",
        [o](const HeadSet&, const MultiHeadProjection& dense) {
          return std::make_unique<SparseMethod>(dense, o.temperature, o.threads, o.route_k);
+       }},
+      {"student",
+       [o](const HeadSet& heads, const MultiHeadProjection& dense) {
+         require_training_questions(heads);
+         DistillOptions options = o.student;
+         options.config.dim = dense.dim();
+         options.threads = o.threads;
+         return std::make_unique<StudentMethod>(
+             distill_student(dense, heads.questions, heads.question_head, options).weights);
+       }},
+      {"ensemble",
+       [o](const HeadSet& heads, const MultiHeadProjection& dense) {
+         require_training_questions(heads);
+         DomainOptions domains;
+         domains.domains = std::min(o.domains, dense.num_heads());
+         domains.seed = o.seed;
+         const DomainAssignment assignment = assign_domains(dense.centroids(), domains);
+         EnsembleOptions options;
+         options.student = o.student;
+         options.student.config.dim = dense.dim();
+         options.top_domains = o.top_domains;
+         options.threads = o.threads;
+         options.seed = o.seed;
+         return std::make_unique<EnsembleMethod>(
+             train_ensemble(dense, heads.questions, heads.question_head, assignment, options).weights);
+       }},
+      {"student-matched",
+       [o](const HeadSet& heads, const MultiHeadProjection& dense) {
+         require_training_questions(heads);
+         DistillOptions options = o.student;
+         options.config = matched_student(o, dense.dim());
+         options.threads = o.threads;
+         return std::make_unique<StudentMethod>(
+             distill_student(dense, heads.questions, heads.question_head, options).weights);
        }},
   };
 }
@@ -149,7 +239,7 @@ std::vector<CrossoverResult> run_crossover(const CrossoverOptions& o,
   for (std::size_t n : o.clusters) {
     if (n < 2) throw InputError("bench: every cluster count must be at least 2");
     say("n = " + std::to_string(n) + ": generating synthetic heads");
-    HeadSet heads = make_head_set(n, o.questions_per_cluster, o.queries, o.seed);
+    HeadSet heads = make_head_set(n, o.questions_per_cluster, o.queries, o.seed, o.training_questions);
     // The reference: the dense teacher's projections of the same queries.
     const MultiHeadProjection dense(heads.centroids, heads.answers, o.temperature, {Precision::F32, o.threads});
     heads.centroids = Matrix();  // the dense teacher holds them now; at n = 1M that is 1.5 GB
