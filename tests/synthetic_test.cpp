@@ -166,12 +166,15 @@ TEST(Crossover, SparseWithEveryHeadAgreesWithDense) {
   for (const auto& r : results) {
     EXPECT_EQ(r.clusters, 300u);
     EXPECT_NEAR(r.top10_overlap, 1.0, 1e-9) << r.method;
+    EXPECT_NEAR(r.recall_at_1, results[0].recall_at_1, 1e-9) << r.method;
     EXPECT_NEAR(r.mean_cosine, 1.0, 1e-4) << r.method;
     EXPECT_GT(r.p50_us, 0.0);
     EXPECT_GE(r.p99_us, r.p50_us);
     EXPECT_GT(r.qps_batch, 0.0);
     EXPECT_GT(r.memory_bytes, 300u * 384 * 4);
   }
+  // Held-out queries mostly find their own cluster (the labels line up with the heads).
+  EXPECT_GT(results[0].recall_at_1, 0.3);
   const auto advice = recommend(results);
   ASSERT_EQ(advice.size(), 1u);
   const std::string svg = crossover_svg(results);

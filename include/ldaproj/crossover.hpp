@@ -22,6 +22,7 @@ struct HeadSet {
   Matrix centroids;
   Matrix answers;
   Matrix queries;
+  std::vector<std::size_t> query_cluster;   // the cluster each held-out query was drawn for
   std::vector<std::size_t> cluster_domain;  // per head
   Matrix questions;                         // unit rows
   std::vector<std::size_t> question_head;   // per question
@@ -76,6 +77,7 @@ struct CrossoverResult {
   double qps_batch = 0;           // queries per second at batch = options.queries
   double top10_overlap = 0;       // answers ranked by the method vs by the dense teacher
   double mean_cosine = 0;         // projected embedding vs the dense teacher's
+  double recall_at_1 = 0;         // the query's own cluster's answer ranked first (ground truth)
   std::size_t memory_bytes = 0;
 };
 

@@ -88,8 +88,8 @@ int BenchCommand::run() const {
   o.top_domains = top_domains;
   o.progress = [](const std::string& line) { std::fprintf(stderr, "  %s\n", line.c_str()); };
   if (!as_json) {
-    std::printf("%-10s %-16s %10s %10s %12s %8s %8s %12s %9s\n", "clusters", "method", "p50_us", "p99_us",
-                "qps_batch", "top10", "cosine", "memory_MB", "build_s");
+    std::printf("%-10s %-16s %10s %10s %12s %8s %8s %6s %12s %9s\n", "clusters", "method", "p50_us", "p99_us",
+                "qps_batch", "top10", "cosine", "R@1", "memory_MB", "build_s");
   }
   const auto results = run_crossover(o, [&](const CrossoverResult& r) {
     if (as_json) {
@@ -101,13 +101,15 @@ int BenchCommand::run() const {
                                          {"batch", queries},
                                          {"top10_overlap", r.top10_overlap},
                                          {"mean_cosine", r.mean_cosine},
+                                         {"recall_at_1", r.recall_at_1},
                                          {"memory_bytes", r.memory_bytes},
                                          {"build_seconds", r.build_seconds}}
                               .dump()
                               .c_str());
     } else {
-      std::printf("%-10zu %-16s %10.1f %10.1f %12.0f %8.3f %8.4f %12.1f %9.2f\n", r.clusters, r.method.c_str(),
-                  r.p50_us, r.p99_us, r.qps_batch, r.top10_overlap, r.mean_cosine, double(r.memory_bytes) / 1e6,
+      std::printf("%-10zu %-16s %10.1f %10.1f %12.0f %8.3f %8.4f %6.3f %12.1f %9.2f\n", r.clusters, r.method.c_str(),
+                  r.p50_us, r.p99_us, r.qps_batch, r.top10_overlap, r.mean_cosine, r.recall_at_1,
+                  double(r.memory_bytes) / 1e6,
                   r.build_seconds);
     }
     std::fflush(stdout);
@@ -115,10 +117,10 @@ int BenchCommand::run() const {
   std::ofstream out_csv(csv);
   if (!out_csv) throw InputError("cannot write " + csv);
   out_csv << "clusters,method,p50_us,p99_us,qps_batch" << queries
-          << ",top10_overlap,mean_cosine,memory_bytes,build_seconds\n";
+          << ",top10_overlap,mean_cosine,recall_at_1,memory_bytes,build_seconds\n";
   for (const auto& r : results) {
     out_csv << r.clusters << ',' << r.method << ',' << r.p50_us << ',' << r.p99_us << ',' << r.qps_batch << ','
-            << r.top10_overlap << ',' << r.mean_cosine << ',' << r.memory_bytes << ',' << r.build_seconds << '\n';
+            << r.top10_overlap << ',' << r.mean_cosine << ',' << r.recall_at_1 << ',' << r.memory_bytes << ',' << r.build_seconds << '\n';
   }
   std::ofstream out_svg(plot);
   if (!out_svg) throw InputError("cannot write " + plot);

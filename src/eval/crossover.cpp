@@ -164,6 +164,7 @@ HeadSet make_head_set(std::size_t clusters, std::size_t questions_per_cluster, s
     if (c.index % stride == 0 && set.queries.rows < queries) {
       set.queries.data.insert(set.queries.data.end(), c.heldout.row(0), c.heldout.row(0) + spec.dim);
       ++set.queries.rows;
+      set.query_cluster.push_back(c.index);
     }
   });
   normalize_rows(set.centroids, "centroid");
@@ -279,8 +280,9 @@ std::vector<CrossoverResult> run_crossover(const CrossoverOptions& o,
       r.qps_batch = double(calls * heads.queries.rows) / seconds_since(t0);
 
       const auto got_top = top10(heads.answers, projected);
-      double overlap = 0, cosine = 0;
+      double overlap = 0, cosine = 0, hits = 0;
       for (std::size_t q = 0; q < projected.rows; ++q) {
+        hits += !got_top[q].empty() && got_top[q][0] == heads.query_cluster[q];
         const std::set<std::size_t> want(reference_top[q].begin(), reference_top[q].end());
         std::size_t shared = 0;
         for (std::size_t a : got_top[q]) shared += want.count(a);
@@ -291,6 +293,7 @@ std::vector<CrossoverResult> run_crossover(const CrossoverOptions& o,
       }
       r.top10_overlap = overlap / double(projected.rows);
       r.mean_cosine = cosine / double(projected.rows);
+      r.recall_at_1 = hits / double(projected.rows);
       results.push_back(r);
       if (on_result) on_result(r);
     }
