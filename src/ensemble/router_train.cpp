@@ -89,7 +89,9 @@ std::vector<StudentTensor> initial_router(const EnsembleConfig& c, std::uint64_t
   auto uniform = [](std::string name, std::vector<std::int64_t> shape, std::int64_t fan_in) {
     // nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
     const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
-    const torch::Tensor t = torch::empty(shape, torch::kFloat32).uniform_(-bound, bound).contiguous();
+    // rand() rather than uniform_(): GCC 12 warns (-Wmaybe-uninitialized) inside uniform_'s
+    // optional-generator argument under the sanitizer build.
+    const torch::Tensor t = ((torch::rand(shape, torch::kFloat32) * 2.0 - 1.0) * bound).contiguous();
     return StudentTensor{std::move(name), std::move(shape),
                          std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())};
   };
