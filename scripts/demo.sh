@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the bundled data: import -> embed -> train -> validate -> query.
+# The main job on the bundled data: import -> embed -> train -> distill -> validate -> query.
 # Usage: scripts/demo.sh [path/to/ldaproj]   (make demo builds it first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,9 @@ step "embed questions and answers with the native all-MiniLM-L6-v2 encoder"
 
 step "train the multi-head projection (one head per cluster, temperature 0.1)"
 "$bin" train --db "$db" --temperature 0.1
+
+step "distil the teacher into a student transformer (64 learned keys and values; libtorch)"
+"$bin" distill --db "$db"
 
 step "store summary"
 "$bin" stats --db "$db"
