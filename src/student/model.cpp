@@ -10,6 +10,7 @@
 
 #include "ldaproj/error.hpp"
 #include "ldaproj/student.hpp"
+#include "common/parallel.hpp"
 #include "ldaproj/teacher.hpp"
 
 namespace ldaproj {
@@ -167,6 +168,8 @@ StudentModel::StudentModel(const StudentWeights& w) : impl_(std::make_unique<Imp
   }
 }
 
+constexpr std::size_t kLatencyBatch = 8;
+
 Matrix StudentModel::forward(const Matrix& queries, Matrix* attention) const {
   if (!impl_) throw Error("the student model is empty (no weights loaded)");
   const Impl& s = *impl_;
@@ -176,6 +179,9 @@ Matrix StudentModel::forward(const Matrix& queries, Matrix* attention) const {
     throw InputError("query embeddings have dimension " + std::to_string(queries.cols) +
                      ", the student expects " + std::to_string(d));
   }
+  // A few queries are a latency path: one BLAS thread avoids waking (and, on a
+  // busy machine, waiting for) OpenBLAS's workers for products this small.
+  if (batch <= kLatencyBatch) detail::use_blas_threads(1);
   Matrix x = s.input_proj.apply(queries);
   if (s.has_mlp) s.mlp.add_to(x);
 
