@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ldaproj/matrix.hpp"
+#include "ldaproj/precision.hpp"
 
 namespace ldaproj {
 
@@ -14,6 +15,11 @@ struct EncoderOptions {
   std::size_t max_tokens = 256;  // including [CLS] and [SEP]
   int threads = 0;               // 0 = all available cores
   std::size_t batch_size = 32;   // texts per forward pass inside encode()
+  // Weights of the transformer layers (embeddings and norms stay fp32). bf16
+  // also rounds the activations entering each matrix product to bf16; int8
+  // quantises weights per output column and activations per token. Both stay
+  // within cosine 0.999 of fp32 on tests/data/embedding_reference.jsonl.
+  Precision precision = Precision::F32;
 };
 
 // The model directory to use: `explicit_dir` if non-empty, else $LDAPROJ_MODEL,

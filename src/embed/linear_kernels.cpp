@@ -1,0 +1,509 @@
+// Packed fully connected layers for the encoder. Every format keeps W^T in
+// panels of 16 output columns, k-major inside a panel, so one kernel tile
+// (up to 8 rows x 3 panels) reads each weight once from a few sequential
+// streams and keeps its 24 accumulators in registers. bf16 interleaves pairs
+// of k (the layout of vdpbf16ps), int8 groups of four (vpdpbusd).
+#include "embed/linear_kernels.hpp"
+
+// GCC 12's AVX-512 intrinsic headers start from _mm512_undefined_*(), which
+// its flow analysis reports as uninitialised; the values are never read.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "common/parallel.hpp"
+
+namespace ldaproj::detail {
+
+namespace {
+
+constexpr std::size_t kPanel = PackedLinear::kPanel;
+constexpr std::size_t kTileRows = 8;
+constexpr std::size_t kTilePanels = 3;
+
+std::size_t k_group(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::F32: return 1;
+    case WeightFormat::BF16: return 2;
+    case WeightFormat::I8: return 4;
+  }
+  return 1;
+}
+
+// Activations in the form the kernels read: fp32 rows as given, bf16 pairs
+// packed into 32-bit words, or int8 + 128 (unsigned) in 32-bit groups of four
+// with one scale per row. Reused across calls of one thread.
+struct Activations {
+  const float* f32 = nullptr;
+  std::vector<std::uint32_t> words;
+  std::vector<float> row_scale;
+  std::size_t stride = 0;  // elements of f32, or words per row
+};
+
+void prepare(WeightFormat format, const float* x, std::size_t rows, std::size_t in, std::size_t k_padded,
+             Activations& a) {
+  if (format == WeightFormat::F32) {
+    a.f32 = x;
+    a.stride = in;
+    return;
+  }
+  const std::size_t group = k_group(format);
+  a.stride = k_padded / group;
+  a.words.assign(rows * a.stride, 0u);
+  if (format == WeightFormat::BF16) {
+    for (std::size_t r = 0; r < rows; ++r) {
+      const float* src = x + r * in;
+      std::uint32_t* dst = a.words.data() + r * a.stride;
+      for (std::size_t k = 0; k < in; ++k) {
+        dst[k / 2] |= static_cast<std::uint32_t>(round_to_bf16(src[k])) << (16 * (k % 2));
+      }
+    }
+    return;
+  }
+  a.row_scale.resize(rows);
+  std::vector<std::int8_t> q(in);
+  for (std::size_t r = 0; r < rows; ++r) {
+    a.row_scale[r] = quantize_row_i8(x + r * in, in, q.data());
+    std::uint32_t* dst = a.words.data() + r * a.stride;
+    for (std::size_t k = 0; k < k_padded; ++k) {
+      const auto shifted = static_cast<std::uint32_t>((k < in ? q[k] : 0) + 128);
+      dst[k / 4] |= shifted << (8 * (k % 4));
+    }
+  }
+}
+
+// Everything a tile needs besides its row/panel range.
+struct TileArgs {
+  const PackedLinear* layer;
+  const Activations* act;
+  const float* bias;
+  const float* column_scale;
+  const std::int32_t* column_sum;
+  const void* weights;        // start of panel 0
+  std::size_t panel_stride;   // elements (f32 / uint16 / int8) per panel
+  std::size_t k_steps;        // k, k pairs or k quads
+  float* y;
+  std::size_t out;
+};
+
+// ---- scalar ---------------------------------------------------------------
+
+void tile_scalar(WeightFormat format, const TileArgs& t, std::size_t row0, std::size_t rows, std::size_t panel0,
+                 std::size_t panels) {
+  float acc[kPanel];
+  for (std::size_t r = row0; r < row0 + rows; ++r) {
+    for (std::size_t p = panel0; p < panel0 + panels; ++p) {
+      switch (format) {
+        case WeightFormat::F32: {
+          const float* w = static_cast<const float*>(t.weights) + p * t.panel_stride;
+          const float* x = t.act->f32 + r * t.act->stride;
+          std::copy_n(t.bias + p * kPanel, kPanel, acc);
+          for (std::size_t k = 0; k < t.k_steps; ++k) {
+            for (std::size_t j = 0; j < kPanel; ++j) acc[j] += x[k] * w[k * kPanel + j];
+          }
+          break;
+        }
+        case WeightFormat::BF16: {
+          // Same order as vdpbf16ps: the odd element of a pair, then the even.
+          const auto* w = static_cast<const std::uint16_t*>(t.weights) + p * t.panel_stride;
+          const std::uint32_t* x = t.act->words.data() + r * t.act->stride;
+          std::copy_n(t.bias + p * kPanel, kPanel, acc);
+          for (std::size_t k = 0; k < t.k_steps; ++k) {
+            const float x0 = bf16_to_float(static_cast<std::uint16_t>(x[k] & 0xffffu));
+            const float x1 = bf16_to_float(static_cast<std::uint16_t>(x[k] >> 16));
+            for (std::size_t j = 0; j < kPanel; ++j) {
+              acc[j] += x1 * bf16_to_float(w[(k * kPanel + j) * 2 + 1]);
+              acc[j] += x0 * bf16_to_float(w[(k * kPanel + j) * 2]);
+            }
+          }
+          break;
+        }
+        case WeightFormat::I8: {
+          const auto* w = static_cast<const std::int8_t*>(t.weights) + p * t.panel_stride;
+          const std::uint32_t* x = t.act->words.data() + r * t.act->stride;
+          std::int32_t sum[kPanel] = {};
+          for (std::size_t k = 0; k < t.k_steps; ++k) {
+            for (std::size_t j = 0; j < kPanel; ++j) {
+              for (std::size_t b = 0; b < 4; ++b) {
+                const auto xv = static_cast<std::int32_t>((x[k] >> (8 * b)) & 0xffu);
+                sum[j] += xv * w[(k * kPanel + j) * 4 + b];
+              }
+            }
+          }
+          for (std::size_t j = 0; j < kPanel; ++j) {
+            const std::size_t c = p * kPanel + j;
+            acc[j] = static_cast<float>(sum[j] - 128 * t.column_sum[c]) * (t.column_scale[c] * t.act->row_scale[r]) +
+                     t.bias[c];
+          }
+          break;
+        }
+      }
+      const std::size_t first = p * kPanel;
+      const std::size_t valid = std::min(kPanel, t.out - first);
+      std::copy_n(acc, valid, t.y + r * t.out + first);
+    }
+  }
+}
+
+// ---- AVX-512 --------------------------------------------------------------
+
+#define LDAPROJ_AVX512_F32 __attribute__((target("avx512f,avx512bw,avx512dq,fma")))
+#define LDAPROJ_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512dq,fma,avx512bf16")))
+#define LDAPROJ_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,fma,avx512vnni")))
+
+LDAPROJ_AVX512_F32 inline __mmask16 column_mask(const TileArgs& t, std::size_t panel) {
+  const std::size_t first = panel * kPanel;
+  const std::size_t valid = std::min(kPanel, t.out - first);
+  return static_cast<__mmask16>((1u << valid) - 1u);
+}
+
+template <int MR, int NP>
+LDAPROJ_AVX512_F32 void tile_f32(const TileArgs& t, std::size_t row0, std::size_t panel0) {
+  const float* w = static_cast<const float*>(t.weights) + panel0 * t.panel_stride;
+  const float* x = t.act->f32 + row0 * t.act->stride;
+  const std::size_t ldx = t.act->stride, ps = t.panel_stride;
+  __m512 acc[MR][NP];
+#pragma GCC unroll 8
+  for (int p = 0; p < NP; ++p) {
+    const __m512 b = _mm512_loadu_ps(t.bias + (panel0 + p) * kPanel);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[r][p] = b;
+  }
+  for (std::size_t k = 0; k < t.k_steps; ++k) {
+    __m512 wv[NP];
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + p * ps + (k + 16) * kPanel), _MM_HINT_T0);
+      wv[p] = _mm512_loadu_ps(w + p * ps + k * kPanel);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(x[r * ldx + k]);
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a, wv[p], acc[r][p]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < NP; ++p) {
+    const __mmask16 m = column_mask(t, panel0 + p);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(t.y + (row0 + r) * t.out + (panel0 + p) * kPanel, m, acc[r][p]);
+  }
+}
+
+template <int MR, int NP>
+LDAPROJ_AVX512_BF16 void tile_bf16(const TileArgs& t, std::size_t row0, std::size_t panel0) {
+  const auto* w = static_cast<const std::uint16_t*>(t.weights) + panel0 * t.panel_stride;
+  const std::uint32_t* x = t.act->words.data() + row0 * t.act->stride;
+  const std::size_t ldx = t.act->stride, ps = t.panel_stride;
+  __m512 acc[MR][NP];
+#pragma GCC unroll 8
+  for (int p = 0; p < NP; ++p) {
+    const __m512 b = _mm512_loadu_ps(t.bias + (panel0 + p) * kPanel);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[r][p] = b;
+  }
+  for (std::size_t k = 0; k < t.k_steps; ++k) {
+    __m512bh wv[NP];
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + p * ps + (k + 16) * 2 * kPanel), _MM_HINT_T0);
+      wv[p] = (__m512bh)_mm512_loadu_si512(w + p * ps + k * 2 * kPanel);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r * ldx + k]));
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], a, wv[p]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < NP; ++p) {
+    const __mmask16 m = column_mask(t, panel0 + p);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(t.y + (row0 + r) * t.out + (panel0 + p) * kPanel, m, acc[r][p]);
+  }
+}
+
+template <int MR, int NP>
+LDAPROJ_AVX512_VNNI void tile_i8(const TileArgs& t, std::size_t row0, std::size_t panel0) {
+  const auto* w = static_cast<const std::int8_t*>(t.weights) + panel0 * t.panel_stride;
+  const std::uint32_t* x = t.act->words.data() + row0 * t.act->stride;
+  const std::size_t ldx = t.act->stride, ps = t.panel_stride;
+  __m512i acc[MR][NP];
+#pragma GCC unroll 8
+  for (int p = 0; p < NP; ++p) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[r][p] = _mm512_setzero_si512();
+  }
+  for (std::size_t k = 0; k < t.k_steps; ++k) {
+    __m512i wv[NP];
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + p * ps + (k + 16) * 4 * kPanel), _MM_HINT_T0);
+      wv[p] = _mm512_loadu_si512(w + p * ps + k * 4 * kPanel);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512i a = _mm512_set1_epi32(static_cast<int>(x[r * ldx + k]));
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], a, wv[p]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < NP; ++p) {
+    const std::size_t c = (panel0 + p) * kPanel;
+    const __mmask16 m = column_mask(t, panel0 + p);
+    const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(t.column_sum + c), 7);
+    const __m512 scale = _mm512_loadu_ps(t.column_scale + c);
+    const __m512 bias = _mm512_loadu_ps(t.bias + c);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][p], offset));
+      const __m512 s = _mm512_mul_ps(scale, _mm512_set1_ps(t.act->row_scale[row0 + r]));
+      _mm512_mask_storeu_ps(t.y + (row0 + r) * t.out + c, m, _mm512_fmadd_ps(dot, s, bias));
+    }
+  }
+}
+
+// erf on [0, 4) as a degree-7 polynomial in (t - centre) on each of eight
+// intervals of width 1/2 (least-squares fits on Chebyshev nodes); kErfCoeff[j]
+// holds coefficient j for the eight intervals, picked per lane by interval.
+alignas(64) const float kErfCoeff[8][16] = {
+    {2.763263881e-01f, 7.111556530e-01f, 9.229001403e-01f, 9.866716862e-01f, 9.985373020e-01f,
+     9.998993874e-01f, 9.999957085e-01f, 9.999998808e-01f},
+    {1.060014129e+00f, 6.429310441e-01f, 2.365211248e-01f, 5.277499557e-02f, 7.142319344e-03f,
+     5.862772814e-04f, 2.918901191e-05f, 8.814288321e-07f},
+    {-2.650029659e-01f, -4.821981490e-01f, -2.956517339e-01f, -9.235620499e-02f, -1.607015729e-02f,
+     -1.612267457e-03f, -9.486933413e-05f, -3.306070994e-06f},
+    {-3.091704845e-01f, 2.678835019e-02f, 1.675358862e-01f, 9.015738964e-02f, 2.172451280e-02f,
+     2.760380274e-03f, 1.958126231e-04f, 7.970327715e-06f},
+    {1.269345582e-01f, 1.506756246e-01f, -6.132035051e-03f, -4.810552299e-02f, -1.908825710e-02f,
+     -3.257710487e-03f, -2.861694375e-04f, -1.378540946e-05f},
+    {8.003626764e-02f, -5.321709067e-02f, -4.718655348e-02f, 6.618473213e-03f, 1.066005975e-02f,
+     2.756291069e-03f, 3.136288724e-04f, 1.833005990e-05f},
+    {-3.934079409e-02f, -2.658282965e-02f, 2.059773728e-02f, 9.049494751e-03f, -2.779565053e-03f,
+     -1.667850651e-03f, -2.737584582e-04f, -2.069241236e-05f},
+    {-1.580337062e-02f, 1.788549684e-02f, 3.745110473e-03f, -5.933099426e-03f, -7.215272053e-04f,
+     6.358152023e-04f, 1.735962724e-04f, 1.714471910e-05f},
+};
+
+LDAPROJ_AVX512_F32 inline __m512 gelu16(__m512 x) {
+  const __m512 t = _mm512_abs_ps(_mm512_mul_ps(x, _mm512_set1_ps(static_cast<float>(M_SQRT1_2))));
+  const __m512 clamped = _mm512_min_ps(t, _mm512_set1_ps(3.99f));
+  const __m512i interval = _mm512_cvttps_epi32(_mm512_mul_ps(clamped, _mm512_set1_ps(2.0f)));
+  const __m512 centre = _mm512_fmadd_ps(_mm512_cvtepi32_ps(interval), _mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
+  const __m512 u = _mm512_sub_ps(clamped, centre);
+  __m512 e = _mm512_permutexvar_ps(interval, _mm512_load_ps(kErfCoeff[7]));
+  for (int j = 6; j >= 0; --j) e = _mm512_fmadd_ps(e, u, _mm512_permutexvar_ps(interval, _mm512_load_ps(kErfCoeff[j])));
+  // erf rounds to 1 in fp32 from t = 3.92 on; the sign of erf is the sign of x.
+  e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, _mm512_set1_ps(3.99f), _CMP_GE_OQ), e, _mm512_set1_ps(1.0f));
+  const __m512 sign = _mm512_and_ps(x, _mm512_set1_ps(-0.0f));
+  e = _mm512_or_ps(e, sign);
+  const __m512 half_x = _mm512_mul_ps(x, _mm512_set1_ps(0.5f));
+  return _mm512_fmadd_ps(half_x, e, half_x);
+}
+
+LDAPROJ_AVX512_F32 void gelu_avx512(float* x, std::size_t n) {
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gelu16(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(x + i, m, gelu16(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+using TileFn = void (*)(const TileArgs&, std::size_t, std::size_t);
+
+template <template <int, int> class Kernel>
+struct TileTable {
+  TileFn fns[kTilePanels][kTileRows];
+  template <int MR, int NP>
+  static constexpr void fill(TileTable& t) {
+    t.fns[NP - 1][MR - 1] = &Kernel<MR, NP>::run;
+    if constexpr (MR < static_cast<int>(kTileRows)) fill<MR + 1, NP>(t);
+    else if constexpr (NP < static_cast<int>(kTilePanels)) fill<1, NP + 1>(t);
+  }
+  constexpr TileTable() : fns{} { fill<1, 1>(*this); }
+};
+
+template <int MR, int NP>
+struct F32Kernel {
+  static void run(const TileArgs& t, std::size_t r, std::size_t p) { tile_f32<MR, NP>(t, r, p); }
+};
+template <int MR, int NP>
+struct Bf16Kernel {
+  static void run(const TileArgs& t, std::size_t r, std::size_t p) { tile_bf16<MR, NP>(t, r, p); }
+};
+template <int MR, int NP>
+struct I8Kernel {
+  static void run(const TileArgs& t, std::size_t r, std::size_t p) { tile_i8<MR, NP>(t, r, p); }
+};
+
+const TileTable<F32Kernel> kF32Tiles;
+const TileTable<Bf16Kernel> kBf16Tiles;
+const TileTable<I8Kernel> kI8Tiles;
+
+bool cpu_has(const char* what) {
+  if (std::strcmp(what, "f32") == 0) {
+    static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+    return has;
+  }
+  if (std::strcmp(what, "bf16") == 0) {
+    static const bool has = cpu_has("f32") && __builtin_cpu_supports("avx512bf16");
+    return has;
+  }
+  static const bool has = cpu_has("f32") && __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+
+}  // namespace
+
+LinearIsa best_linear_isa(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::F32: return cpu_has("f32") ? LinearIsa::Avx512 : LinearIsa::Scalar;
+    case WeightFormat::BF16: return cpu_has("bf16") ? LinearIsa::Avx512 : LinearIsa::Scalar;
+    case WeightFormat::I8: return cpu_has("i8") ? LinearIsa::Avx512 : LinearIsa::Scalar;
+  }
+  return LinearIsa::Scalar;
+}
+
+void gelu_inplace(LinearIsa isa, float* x, std::size_t n) {
+  if (isa == LinearIsa::Avx512 && cpu_has("f32")) {
+    gelu_avx512(x, n);
+    return;
+  }
+  for (std::size_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * static_cast<float>(M_SQRT1_2)));
+}
+
+std::uint16_t round_to_bf16(float value) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+float quantize_row_i8(const float* x, std::size_t n, std::int8_t* q) {
+  float max_abs = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) max_abs = std::max(max_abs, std::fabs(x[i]));
+  if (max_abs == 0.0f || !std::isfinite(max_abs)) {
+    std::fill_n(q, n, std::int8_t{0});
+    return 0.0f;
+  }
+  const float scale = max_abs / 127.0f;
+  const float inv = 127.0f / max_abs;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f);
+    q[i] = static_cast<std::int8_t>(v);
+  }
+  return scale;
+}
+
+PackedLinear::PackedLinear(WeightFormat format, const float* weight, const float* bias, std::size_t out,
+                           std::size_t in)
+    : format_(format), in_(in), out_(out) {
+  if (in == 0 || out == 0) throw std::invalid_argument("PackedLinear: empty weight");
+  panels_ = (out + kPanel - 1) / kPanel;
+  const std::size_t group = k_group(format);
+  k_padded_ = (in + group - 1) / group * group;
+  bias_.assign(panels_ * kPanel, 0.0f);
+  std::copy_n(bias, out, bias_.begin());
+  const std::size_t per_panel = k_padded_ * kPanel;
+  // Element (k, column c) of W^T inside the packed panels.
+  auto slot = [&](std::size_t k, std::size_t c) {
+    const std::size_t p = c / kPanel, j = c % kPanel;
+    return p * per_panel + (k / group) * kPanel * group + j * group + k % group;
+  };
+  switch (format) {
+    case WeightFormat::F32:
+      f32_.assign(panels_ * per_panel, 0.0f);
+      for (std::size_t c = 0; c < out; ++c) {
+        for (std::size_t k = 0; k < in; ++k) f32_[slot(k, c)] = weight[c * in + k];
+      }
+      break;
+    case WeightFormat::BF16:
+      bf16_.assign(panels_ * per_panel, 0);
+      for (std::size_t c = 0; c < out; ++c) {
+        for (std::size_t k = 0; k < in; ++k) bf16_[slot(k, c)] = round_to_bf16(weight[c * in + k]);
+      }
+      break;
+    case WeightFormat::I8: {
+      i8_.assign(panels_ * per_panel, 0);
+      column_scale_.assign(panels_ * kPanel, 0.0f);
+      column_sum_.assign(panels_ * kPanel, 0);
+      std::vector<std::int8_t> q(in);
+      for (std::size_t c = 0; c < out; ++c) {
+        column_scale_[c] = quantize_row_i8(weight + c * in, in, q.data());
+        for (std::size_t k = 0; k < in; ++k) {
+          i8_[slot(k, c)] = q[k];
+          column_sum_[c] += q[k];
+        }
+      }
+      break;
+    }
+  }
+}
+
+float PackedLinear::effective_weight(std::size_t o, std::size_t i) const {
+  const std::size_t group = k_group(format_), per_panel = k_padded_ * kPanel;
+  const std::size_t at = (o / kPanel) * per_panel + (i / group) * kPanel * group + (o % kPanel) * group + i % group;
+  switch (format_) {
+    case WeightFormat::F32: return f32_[at];
+    case WeightFormat::BF16: return bf16_to_float(bf16_[at]);
+    case WeightFormat::I8: return static_cast<float>(i8_[at]) * column_scale_[o];
+  }
+  return 0.0f;
+}
+
+std::size_t PackedLinear::bytes() const {
+  return f32_.size() * sizeof(float) + bf16_.size() * sizeof(std::uint16_t) + i8_.size() +
+         (column_scale_.size() + bias_.size()) * sizeof(float) + column_sum_.size() * sizeof(std::int32_t);
+}
+
+void PackedLinear::apply(LinearIsa isa, const float* x, std::size_t rows, float* y, int threads) const {
+  if (rows == 0) return;
+  thread_local Activations act;
+  prepare(format_, x, rows, in_, k_padded_, act);
+  TileArgs t{};
+  t.layer = this;
+  t.act = &act;
+  t.bias = bias_.data();
+  t.column_scale = column_scale_.data();
+  t.column_sum = column_sum_.data();
+  t.panel_stride = k_padded_ * kPanel;
+  t.k_steps = k_padded_ / k_group(format_);
+  t.y = y;
+  t.out = out_;
+  switch (format_) {
+    case WeightFormat::F32: t.weights = f32_.data(); break;
+    case WeightFormat::BF16: t.weights = bf16_.data(); break;
+    case WeightFormat::I8: t.weights = i8_.data(); break;
+  }
+  const auto* fns = format_ == WeightFormat::F32    ? kF32Tiles.fns
+                    : format_ == WeightFormat::BF16 ? kBf16Tiles.fns
+                                                    : kI8Tiles.fns;
+  const bool vector = isa == LinearIsa::Avx512 && best_linear_isa(format_) == LinearIsa::Avx512;
+  const std::size_t tiles = (panels_ + kTilePanels - 1) / kTilePanels;
+  parallel_for(tiles, threads, [&](std::size_t tile) {
+    const std::size_t panel0 = tile * kTilePanels;
+    const std::size_t np = std::min(kTilePanels, panels_ - panel0);
+    for (std::size_t row0 = 0; row0 < rows; row0 += kTileRows) {
+      const std::size_t mr = std::min(kTileRows, rows - row0);
+      if (vector) {
+        fns[np - 1][mr - 1](t, row0, panel0);
+      } else {
+        tile_scalar(format_, t, row0, mr, panel0, np);
+      }
+    }
+  });
+}
+
+}  // namespace ldaproj::detail

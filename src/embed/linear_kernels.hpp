@@ -1,0 +1,72 @@
+// The encoder's fully connected layers, y = x W^T + b, on weights packed once
+// at load time into column panels that the kernels stream front to back.
+// Three weight formats (fp32; bf16 with bf16 activations; int8 with per-column
+// weight scales and per-row activation scales), each with a portable scalar
+// kernel and an AVX-512 one (F / BF16 / VNNI) chosen at run time.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace ldaproj::detail {
+
+enum class WeightFormat { F32, BF16, I8 };
+enum class LinearIsa { Scalar, Avx512 };
+
+// The fastest kernel this CPU runs for `format` (AVX-512 F/BW/DQ, plus BF16
+// for bf16 weights and VNNI for int8 weights; otherwise Scalar).
+LinearIsa best_linear_isa(WeightFormat format);
+
+// Round to nearest even, as the hardware conversion does (NaN stays NaN).
+std::uint16_t round_to_bf16(float value);
+inline float bf16_to_float(std::uint16_t bits) {
+  const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
+  float out;
+  __builtin_memcpy(&out, &wide, sizeof out);
+  return out;
+}
+
+// Symmetric int8 quantisation of one row of activations: q[i] = round(x[i] / s)
+// with s = max|x| / 127 (s = 0 for an all-zero row). Returns s.
+float quantize_row_i8(const float* x, std::size_t n, std::int8_t* q);
+
+// x = x * (1 + erf(x / sqrt 2)) / 2 in place (exact GELU). The AVX-512
+// version evaluates erf by piecewise polynomials (|error| < 1e-7 against the
+// correctly rounded erf); Scalar uses std::erf.
+void gelu_inplace(LinearIsa isa, float* x, std::size_t n);
+
+class PackedLinear {
+ public:
+  // Column panels hold 16 outputs; a kernel tile covers up to 3 panels.
+  static constexpr std::size_t kPanel = 16;
+
+  PackedLinear() = default;
+  // weight: out x in, row-major (PyTorch's layout); bias: out.
+  PackedLinear(WeightFormat format, const float* weight, const float* bias, std::size_t out, std::size_t in);
+
+  // y[rows x out] = x[rows x in] * W^T + b, with the output columns split over
+  // up to `threads` threads. x and y must not overlap.
+  void apply(LinearIsa isa, const float* x, std::size_t rows, float* y, int threads) const;
+
+  std::size_t in() const { return in_; }
+  std::size_t out() const { return out_; }
+  WeightFormat format() const { return format_; }
+  // The weight the kernels actually multiply by (bf16-rounded, or dequantised
+  // int8), for reference computations in tests.
+  float effective_weight(std::size_t o, std::size_t i) const;
+  std::size_t bytes() const;
+
+ private:
+  WeightFormat format_ = WeightFormat::F32;
+  std::size_t in_ = 0, out_ = 0;
+  std::size_t panels_ = 0;    // ceil(out / 16)
+  std::size_t k_padded_ = 0;  // in, rounded up to the format's group of k (1, 2 or 4)
+  std::vector<float> f32_;         // panel-major: [panel][k][16]
+  std::vector<std::uint16_t> bf16_;  // [panel][k/2][16][2]
+  std::vector<std::int8_t> i8_;      // [panel][k/4][16][4]
+  std::vector<float> column_scale_;     // int8: per output column
+  std::vector<std::int32_t> column_sum_;  // int8: sum over k of the quantised weights
+  std::vector<float> bias_;             // padded to panels * 16
+};
+
+}  // namespace ldaproj::detail
