@@ -1,6 +1,6 @@
 // Native sentence encoder: BERT forward pass with mean pooling and L2
 // normalisation. Token-wise layers run on every token of a batch at once with
-// no padding, through the packed fp32/bf16/int8 kernels of linear_kernels.hpp
+// no padding, through the packed fp32/bf16/int8 kernels of encoder_kernels.hpp
 // (query, key and value as one fused matrix); attention runs per sequence.
 #include "ldaproj/encoder.hpp"
 
@@ -15,7 +15,7 @@
 #include <string>
 
 #include "common/parallel.hpp"
-#include "embed/linear_kernels.hpp"
+#include "embed/encoder_kernels.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/safetensors.hpp"
 #include "ldaproj/tokenizer.hpp"
@@ -57,22 +57,6 @@ struct Config {
 };
 
 
-void layer_norm(std::vector<float>& x, std::size_t rows, std::size_t dim, const Norm& n, float eps) {
-  for (std::size_t r = 0; r < rows; ++r) {
-    float* v = x.data() + r * dim;
-    double mean = 0;
-    for (std::size_t j = 0; j < dim; ++j) mean += v[j];
-    mean /= static_cast<double>(dim);
-    double var = 0;
-    for (std::size_t j = 0; j < dim; ++j) var += (v[j] - mean) * (v[j] - mean);
-    var /= static_cast<double>(dim);
-    const double inv = 1.0 / std::sqrt(var + eps);
-    for (std::size_t j = 0; j < dim; ++j) {
-      v[j] = static_cast<float>((v[j] - mean) * inv) * n.gamma[j] + n.beta[j];
-    }
-  }
-}
-
 std::size_t config_size(const nlohmann::json& cfg, const char* key, const std::string& file) {
   if (!cfg.contains(key) || !cfg[key].is_number_unsigned() || cfg[key].get<std::size_t>() == 0) {
     throw InputError(file + ": field \"" + key + "\" must be a positive integer");
@@ -111,8 +95,13 @@ struct Encoder::Impl {
   std::vector<float> word, position, token_type;
   Norm embedding_norm;
   std::vector<Layer> layers;
-  LinearIsa isa = LinearIsa::Scalar;
+  LinearIsa isa = LinearIsa::Scalar;              // for the weight format
+  LinearIsa elementwise_isa = LinearIsa::Scalar;  // GELU, layer norm
   int threads = 1;
+
+  void layer_norm(std::vector<float>& x, std::size_t rows, const Norm& n) const {
+    detail::layer_norm_rows(elementwise_isa, x.data(), rows, config.hidden, n.gamma.data(), n.beta.data(), config.eps);
+  }
 
   // y[rows x out] = x[rows x in] * W^T + b
   void apply(const PackedLinear& l, const std::vector<float>& x, std::size_t rows, std::vector<float>& y) const {
@@ -129,7 +118,10 @@ struct Encoder::Impl {
     for (std::size_t s = 0; s < seqs.size(); ++s) start[s + 1] = start[s] + seqs[s].size();
     const std::size_t total = start.back();
 
-    std::vector<float> x(total * h);
+    // Buffers reused across calls on this thread: no page faults per query.
+    thread_local std::vector<float> x, qkv, ctx, tmp, inter, scores;
+    x.resize(total * h);
+    ctx.resize(total * h);
     for (std::size_t s = 0; s < seqs.size(); ++s) {
       for (std::size_t t = 0; t < seqs[s].size(); ++t) {
         const float* w = word.data() + static_cast<std::size_t>(seqs[s][t]) * h;
@@ -138,12 +130,11 @@ struct Encoder::Impl {
         for (std::size_t j = 0; j < h; ++j) dst[j] = w[j] + p[j] + token_type[j];
       }
     }
-    layer_norm(x, total, h, embedding_norm, config.eps);
+    layer_norm(x, total, embedding_norm);
 
     const std::size_t heads = config.heads, hd = h / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const std::size_t qkv_stride = 3 * h;
-    std::vector<float> qkv, ctx(total * h), tmp, inter, scores;
     for (const Layer& layer : layers) {
       apply(layer.qkv, x, total, qkv);
       const float* q = qkv.data();
@@ -172,13 +163,13 @@ struct Encoder::Impl {
       }
       apply(layer.attention_out, ctx, total, tmp);
       for (std::size_t i = 0; i < tmp.size(); ++i) tmp[i] += x[i];
-      layer_norm(tmp, total, h, layer.attention_norm, config.eps);
+      layer_norm(tmp, total, layer.attention_norm);
       x.swap(tmp);
       apply(layer.intermediate, x, total, inter);
-      detail::gelu_inplace(isa, inter.data(), inter.size());
+      detail::gelu_inplace(elementwise_isa, inter.data(), inter.size());
       apply(layer.output, inter, total, tmp);
       for (std::size_t i = 0; i < tmp.size(); ++i) tmp[i] += x[i];
-      layer_norm(tmp, total, h, layer.output_norm, config.eps);
+      layer_norm(tmp, total, layer.output_norm);
       x.swap(tmp);
     }
 
@@ -274,6 +265,7 @@ Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
   impl->embedding_norm = {load("embeddings.LayerNorm.weight", {h}), load("embeddings.LayerNorm.bias", {h})};
   const WeightFormat format = weight_format(options.precision);
   impl->isa = detail::best_linear_isa(format);
+  impl->elementwise_isa = detail::best_linear_isa(WeightFormat::F32);
   impl->threads = options.threads > 0 ? options.threads : detail::available_cores();
   // Several PyTorch Linear layers with the same input, stacked into one.
   auto linear = [&](const std::vector<std::string>& bases, std::int64_t out, std::int64_t in) {

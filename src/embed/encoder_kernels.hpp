@@ -35,6 +35,12 @@ float quantize_row_i8(const float* x, std::size_t n, std::int8_t* q);
 // correctly rounded erf); Scalar uses std::erf.
 void gelu_inplace(LinearIsa isa, float* x, std::size_t n);
 
+// Each row of x (rows x dim) shifted to mean 0 and scaled to variance 1
+// (plus eps), then times gamma plus beta, in place. Scalar sums in double; the
+// AVX-512 version (dim a multiple of 16) in fp32 lanes.
+void layer_norm_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t dim, const float* gamma,
+                     const float* beta, float eps);
+
 class PackedLinear {
  public:
   // Column panels hold 16 outputs; a kernel tile covers up to 3 panels.

@@ -3,7 +3,7 @@
 // (up to 8 rows x 3 panels) reads each weight once from a few sequential
 // streams and keeps its 24 accumulators in registers. bf16 interleaves pairs
 // of k (the layout of vdpbf16ps), int8 groups of four (vpdpbusd).
-#include "embed/linear_kernels.hpp"
+#include "embed/encoder_kernels.hpp"
 
 // GCC 12's AVX-512 intrinsic headers start from _mm512_undefined_*(), which
 // its flow analysis reports as uninitialised; the values are never read.
@@ -46,8 +46,8 @@ struct Activations {
   std::size_t stride = 0;  // elements of f32, or words per row
 };
 
-void prepare(WeightFormat format, const float* x, std::size_t rows, std::size_t in, std::size_t k_padded,
-             Activations& a) {
+void prepare_scalar(WeightFormat format, const float* x, std::size_t rows, std::size_t in, std::size_t k_padded,
+                    Activations& a) {
   if (format == WeightFormat::F32) {
     a.f32 = x;
     a.stride = in;
@@ -319,6 +319,81 @@ LDAPROJ_AVX512_F32 void gelu_avx512(float* x, std::size_t n) {
   }
 }
 
+// Activations for the vector kernels: the same values as prepare_scalar
+// (round to nearest even; x * (127 / max|x|) rounded to nearest even), except
+// that the bf16 conversion reads fp32 subnormals as zero.
+LDAPROJ_AVX512_BF16 void to_bf16_words(const float* x, std::size_t n, std::uint32_t* words) {
+  std::size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    _mm512_storeu_si512(words + i / 2, (__m512i)v);
+  }
+  if (i < n) {
+    const std::size_t left = n - i;
+    const auto lo_mask = static_cast<__mmask16>((1u << std::min<std::size_t>(left, 16)) - 1u);
+    const auto hi_mask = static_cast<__mmask16>(left > 16 ? (1u << (left - 16)) - 1u : 0u);
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi_mask, x + i + 16), _mm512_maskz_loadu_ps(lo_mask, x + i));
+    const auto word_mask = static_cast<__mmask16>((1u << ((left + 1) / 2)) - 1u);
+    _mm512_mask_storeu_epi32(words + i / 2, word_mask, (__m512i)v);
+  }
+}
+
+LDAPROJ_AVX512_F32 float to_u8_words(const float* x, std::size_t n, std::size_t k_padded, std::uint32_t* words) {
+  auto tail = [&](std::size_t i) { return static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u); };
+  __m512 max_abs = _mm512_setzero_ps();
+  for (std::size_t i = 0; i < n; i += 16) max_abs = _mm512_max_ps(max_abs, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail(i), x + i)));
+  const float top = _mm512_reduce_max_ps(max_abs);
+  auto* bytes = reinterpret_cast<unsigned char*>(words);
+  std::memset(bytes, 128, k_padded);
+  if (top == 0.0f || !std::isfinite(top)) return 0.0f;
+  const __m512 inv = _mm512_set1_ps(127.0f / top);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), offset = _mm512_set1_epi32(128);
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail(i);
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), offset);
+    _mm512_mask_cvtepi32_storeu_epi8(bytes + i, m, q);
+  }
+  return top / 127.0f;
+}
+
+void prepare(WeightFormat format, bool vector, const float* x, std::size_t rows, std::size_t in, std::size_t k_padded,
+             Activations& a) {
+  if (!vector || format == WeightFormat::F32) {
+    prepare_scalar(format, x, rows, in, k_padded, a);
+    return;
+  }
+  a.stride = k_padded / k_group(format);
+  a.words.resize(rows * a.stride);
+  if (format == WeightFormat::BF16) {
+    for (std::size_t r = 0; r < rows; ++r) to_bf16_words(x + r * in, in, a.words.data() + r * a.stride);
+    return;
+  }
+  a.row_scale.resize(rows);
+  for (std::size_t r = 0; r < rows; ++r) a.row_scale[r] = to_u8_words(x + r * in, in, k_padded, a.words.data() + r * a.stride);
+}
+
+LDAPROJ_AVX512_F32 void layer_norm_avx512(float* x, std::size_t rows, std::size_t dim, const float* gamma,
+                                          const float* beta, float eps) {
+  const float inv_dim = 1.0f / static_cast<float>(dim);
+  for (std::size_t r = 0; r < rows; ++r) {
+    float* v = x + r * dim;
+    __m512 sum = _mm512_setzero_ps();
+    for (std::size_t j = 0; j < dim; j += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(v + j));
+    const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) * inv_dim);
+    __m512 sq = _mm512_setzero_ps();
+    for (std::size_t j = 0; j < dim; j += 16) {
+      const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(v + j), mean);
+      sq = _mm512_fmadd_ps(d, d, sq);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(sq) * inv_dim + eps));
+    for (std::size_t j = 0; j < dim; j += 16) {
+      const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(v + j), mean), inv);
+      _mm512_storeu_ps(v + j, _mm512_fmadd_ps(d, _mm512_loadu_ps(gamma + j), _mm512_loadu_ps(beta + j)));
+    }
+  }
+}
+
 using TileFn = void (*)(const TileArgs&, std::size_t, std::size_t);
 
 template <template <int, int> class Kernel>
@@ -381,6 +456,25 @@ void gelu_inplace(LinearIsa isa, float* x, std::size_t n) {
     return;
   }
   for (std::size_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * static_cast<float>(M_SQRT1_2)));
+}
+
+void layer_norm_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t dim, const float* gamma,
+                     const float* beta, float eps) {
+  if (isa == LinearIsa::Avx512 && cpu_has("f32") && dim % 16 == 0) {
+    layer_norm_avx512(x, rows, dim, gamma, beta, eps);
+    return;
+  }
+  for (std::size_t r = 0; r < rows; ++r) {
+    float* v = x + r * dim;
+    double mean = 0;
+    for (std::size_t j = 0; j < dim; ++j) mean += v[j];
+    mean /= static_cast<double>(dim);
+    double var = 0;
+    for (std::size_t j = 0; j < dim; ++j) var += (v[j] - mean) * (v[j] - mean);
+    var /= static_cast<double>(dim);
+    const double inv = 1.0 / std::sqrt(var + eps);
+    for (std::size_t j = 0; j < dim; ++j) v[j] = static_cast<float>((v[j] - mean) * inv) * gamma[j] + beta[j];
+  }
 }
 
 std::uint16_t round_to_bf16(float value) {
@@ -470,8 +564,9 @@ std::size_t PackedLinear::bytes() const {
 
 void PackedLinear::apply(LinearIsa isa, const float* x, std::size_t rows, float* y, int threads) const {
   if (rows == 0) return;
+  const bool vector = isa == LinearIsa::Avx512 && best_linear_isa(format_) == LinearIsa::Avx512;
   thread_local Activations act;
-  prepare(format_, x, rows, in_, k_padded_, act);
+  prepare(format_, vector, x, rows, in_, k_padded_, act);
   TileArgs t{};
   t.layer = this;
   t.act = &act;
@@ -490,7 +585,6 @@ void PackedLinear::apply(LinearIsa isa, const float* x, std::size_t rows, float*
   const auto* fns = format_ == WeightFormat::F32    ? kF32Tiles.fns
                     : format_ == WeightFormat::BF16 ? kBf16Tiles.fns
                                                     : kI8Tiles.fns;
-  const bool vector = isa == LinearIsa::Avx512 && best_linear_isa(format_) == LinearIsa::Avx512;
   const std::size_t tiles = (panels_ + kTilePanels - 1) / kTilePanels;
   parallel_for(tiles, threads, [&](std::size_t tile) {
     const std::size_t panel0 = tile * kTilePanels;
