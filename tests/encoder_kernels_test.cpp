@@ -43,10 +43,14 @@ std::vector<double> effective_activations(WeightFormat f, const std::vector<floa
       out[i] = ldaproj::detail::bf16_to_float(ldaproj::detail::round_to_bf16(x[i]));
     }
   } else if (f == WeightFormat::I8) {
-    std::vector<std::int8_t> q(in);
+    constexpr std::size_t block = ldaproj::detail::kInt8ActivationBlock;
+    std::vector<std::int8_t> q(block);
     for (std::size_t r = 0; r < rows; ++r) {
-      const float scale = ldaproj::detail::quantize_row_i8(x.data() + r * in, in, q.data());
-      for (std::size_t k = 0; k < in; ++k) out[r * in + k] = static_cast<double>(q[k]) * scale;
+      for (std::size_t first = 0; first < in; first += block) {
+        const std::size_t n = std::min(block, in - first);
+        const float scale = ldaproj::detail::quantize_row_i8(x.data() + r * in + first, n, q.data());
+        for (std::size_t k = 0; k < n; ++k) out[r * in + first + k] = static_cast<double>(q[k]) * scale;
+      }
     }
   }
   return out;

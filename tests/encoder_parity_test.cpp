@@ -202,12 +202,17 @@ TEST_F(EncoderParity, SmallBatchesSingleThreadMatchReference) {
   expect_matches_reference(encoder.encode(all), 0, "batch 5, 1 thread");
 }
 
-// Reduced-precision weights (bf16, int8) against the same fp32 reference: the
-// bound is the 0.999 cosine, far looser than fp32's on purpose.
+// Reduced-precision weights against the same fp32 reference. bf16 must keep
+// every text within the 0.999 cosine. int8 (per-column weight scales,
+// activation scales per 64 values of a token) does not reach that bar on the
+// shortest texts; its bounds pin what it achieves (mean 0.9988, worst 0.9934
+// when written) so a regression shows.
 class EncoderReducedPrecision : public EncoderParity, public ::testing::WithParamInterface<ldaproj::Precision> {};
 
 TEST_P(EncoderReducedPrecision, StaysCloseToTheFp32Reference) {
-  constexpr double kMinReducedCosine = 0.999;
+  const bool bf16 = GetParam() == ldaproj::Precision::BF16;
+  const double kMinReducedCosine = bf16 ? 0.999 : 0.99;
+  const double kMinMeanCosine = bf16 ? 0.9999 : 0.998;
   ldaproj::EncoderOptions options;
   options.precision = GetParam();
   const auto encoder = ldaproj::Encoder::load(model_dir_, options);
@@ -224,13 +229,14 @@ TEST_P(EncoderReducedPrecision, StaysCloseToTheFp32Reference) {
   // One at a time must give the same vectors as the batch (no padding effects).
   const ldaproj::Matrix first = encoder.encode({all[0]});
   EXPECT_GE(compare(first.row(0), reference_[0].embedding).cosine, kMinReducedCosine);
+  EXPECT_GE(sum_cosine / static_cast<double>(ours.rows), kMinMeanCosine);
   std::printf("[ parity   ] %s weights: %zu texts, mean cosine %.6f, min cosine %.6f\n",
               std::string(ldaproj::to_string(GetParam())).c_str(), ours.rows, sum_cosine / static_cast<double>(ours.rows),
               min_cosine);
 }
 
 INSTANTIATE_TEST_SUITE_P(Weights, EncoderReducedPrecision,
-                         ::testing::Values(ldaproj::Precision::BF16),
+                         ::testing::Values(ldaproj::Precision::BF16, ldaproj::Precision::I8),
                          [](const auto& info) { return std::string(ldaproj::to_string(info.param)); });
 
 }  // namespace

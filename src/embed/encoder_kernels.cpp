@@ -38,13 +38,17 @@ std::size_t k_group(WeightFormat f) {
 
 // Activations in the form the kernels read: fp32 rows as given, bf16 pairs
 // packed into 32-bit words, or int8 + 128 (unsigned) in 32-bit groups of four
-// with one scale per row. Reused across calls of one thread.
+// with one scale per block of kInt8ActivationBlock values. Reused across calls
+// of one thread.
 struct Activations {
   const float* f32 = nullptr;
   std::vector<std::uint32_t> words;
-  std::vector<float> row_scale;
-  std::size_t stride = 0;  // elements of f32, or words per row
+  std::vector<float> block_scale;  // [row][block]
+  std::size_t blocks = 0;          // per row
+  std::size_t stride = 0;          // elements of f32, or words per row
 };
+
+std::size_t k_padding(WeightFormat f) { return f == WeightFormat::I8 ? kInt8ActivationBlock : k_group(f); }
 
 void prepare_scalar(WeightFormat format, const float* x, std::size_t rows, std::size_t in, std::size_t k_padded,
                     Activations& a) {
@@ -66,10 +70,15 @@ void prepare_scalar(WeightFormat format, const float* x, std::size_t rows, std::
     }
     return;
   }
-  a.row_scale.resize(rows);
-  std::vector<std::int8_t> q(in);
+  a.blocks = k_padded / kInt8ActivationBlock;
+  a.block_scale.resize(rows * a.blocks);
+  std::vector<std::int8_t> q(k_padded);
   for (std::size_t r = 0; r < rows; ++r) {
-    a.row_scale[r] = quantize_row_i8(x + r * in, in, q.data());
+    for (std::size_t b = 0; b < a.blocks; ++b) {
+      const std::size_t first = b * kInt8ActivationBlock;
+      const std::size_t n = first < in ? std::min(kInt8ActivationBlock, in - first) : 0;
+      a.block_scale[r * a.blocks + b] = quantize_row_i8(x + r * in + first, n, q.data() + first);
+    }
     std::uint32_t* dst = a.words.data() + r * a.stride;
     for (std::size_t k = 0; k < k_padded; ++k) {
       const auto shifted = static_cast<std::uint32_t>((k < in ? q[k] : 0) + 128);
@@ -84,7 +93,8 @@ struct TileArgs {
   const Activations* act;
   const float* bias;
   const float* column_scale;
-  const std::int32_t* column_sum;
+  const std::int32_t* column_sum;  // [k block][column]
+  std::size_t columns;             // padded: panels * 16
   const void* weights;        // start of panel 0
   std::size_t panel_stride;   // elements (f32 / uint16 / int8) per panel
   std::size_t k_steps;        // k, k pairs or k quads
@@ -127,19 +137,27 @@ void tile_scalar(WeightFormat format, const TileArgs& t, std::size_t row0, std::
         case WeightFormat::I8: {
           const auto* w = static_cast<const std::int8_t*>(t.weights) + p * t.panel_stride;
           const std::uint32_t* x = t.act->words.data() + r * t.act->stride;
-          std::int32_t sum[kPanel] = {};
-          for (std::size_t k = 0; k < t.k_steps; ++k) {
-            for (std::size_t j = 0; j < kPanel; ++j) {
-              for (std::size_t b = 0; b < 4; ++b) {
-                const auto xv = static_cast<std::int32_t>((x[k] >> (8 * b)) & 0xffu);
-                sum[j] += xv * w[(k * kPanel + j) * 4 + b];
+          constexpr std::size_t quads = kInt8ActivationBlock / 4;
+          std::fill_n(acc, kPanel, 0.0f);
+          for (std::size_t blk = 0; blk < t.act->blocks; ++blk) {
+            std::int32_t sum[kPanel] = {};
+            for (std::size_t k = blk * quads; k < (blk + 1) * quads; ++k) {
+              for (std::size_t j = 0; j < kPanel; ++j) {
+                for (std::size_t b = 0; b < 4; ++b) {
+                  const auto xv = static_cast<std::int32_t>((x[k] >> (8 * b)) & 0xffu);
+                  sum[j] += xv * w[(k * kPanel + j) * 4 + b];
+                }
               }
+            }
+            const float scale = t.act->block_scale[r * t.act->blocks + blk];
+            for (std::size_t j = 0; j < kPanel; ++j) {
+              const std::int32_t offset = 128 * t.column_sum[blk * t.columns + p * kPanel + j];
+              acc[j] += static_cast<float>(sum[j] - offset) * scale;
             }
           }
           for (std::size_t j = 0; j < kPanel; ++j) {
             const std::size_t c = p * kPanel + j;
-            acc[j] = static_cast<float>(sum[j] - 128 * t.column_sum[c]) * (t.column_scale[c] * t.act->row_scale[r]) +
-                     t.bias[c];
+            acc[j] = acc[j] * t.column_scale[c] + t.bias[c];
           }
           break;
         }
@@ -231,43 +249,61 @@ LDAPROJ_AVX512_BF16 void tile_bf16(const TileArgs& t, std::size_t row0, std::siz
   }
 }
 
+// At most 4 rows: integer and float accumulators both stay in registers.
 template <int MR, int NP>
 LDAPROJ_AVX512_VNNI void tile_i8(const TileArgs& t, std::size_t row0, std::size_t panel0) {
+  constexpr std::size_t quads = kInt8ActivationBlock / 4;
   const auto* w = static_cast<const std::int8_t*>(t.weights) + panel0 * t.panel_stride;
   const std::uint32_t* x = t.act->words.data() + row0 * t.act->stride;
-  const std::size_t ldx = t.act->stride, ps = t.panel_stride;
-  __m512i acc[MR][NP];
+  const std::size_t ldx = t.act->stride, ps = t.panel_stride, blocks = t.act->blocks;
+  const float* block_scale = t.act->block_scale.data() + row0 * blocks;
+  __m512 acc[MR][NP];
 #pragma GCC unroll 8
   for (int p = 0; p < NP; ++p) {
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) acc[r][p] = _mm512_setzero_si512();
+    for (int r = 0; r < MR; ++r) acc[r][p] = _mm512_setzero_ps();
   }
-  for (std::size_t k = 0; k < t.k_steps; ++k) {
-    __m512i wv[NP];
+  for (std::size_t blk = 0; blk < blocks; ++blk) {
+    __m512i dot[MR][NP];
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + p * ps + (k + 16) * 4 * kPanel), _MM_HINT_T0);
-      wv[p] = _mm512_loadu_si512(w + p * ps + k * 4 * kPanel);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) dot[r][p] = _mm512_setzero_si512();
+    }
+    for (std::size_t k = blk * quads; k < (blk + 1) * quads; ++k) {
+      __m512i wv[NP];
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + p * ps + (k + 16) * 4 * kPanel), _MM_HINT_T0);
+        wv[p] = _mm512_loadu_si512(w + p * ps + k * 4 * kPanel);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m512i a = _mm512_set1_epi32(static_cast<int>(x[r * ldx + k]));
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p) dot[r][p] = _mm512_dpbusd_epi32(dot[r][p], a, wv[p]);
+      }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512i a = _mm512_set1_epi32(static_cast<int>(x[r * ldx + k]));
+    for (int p = 0; p < NP; ++p) {
+      const std::int32_t* sums = t.column_sum + blk * t.columns + (panel0 + p) * kPanel;
+      const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(sums), 7);
 #pragma GCC unroll 8
-      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], a, wv[p]);
+      for (int r = 0; r < MR; ++r) {
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r][p], offset));
+        acc[r][p] = _mm512_fmadd_ps(d, _mm512_set1_ps(block_scale[r * blocks + blk]), acc[r][p]);
+      }
     }
   }
 #pragma GCC unroll 8
   for (int p = 0; p < NP; ++p) {
     const std::size_t c = (panel0 + p) * kPanel;
     const __mmask16 m = column_mask(t, panel0 + p);
-    const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(t.column_sum + c), 7);
     const __m512 scale = _mm512_loadu_ps(t.column_scale + c);
     const __m512 bias = _mm512_loadu_ps(t.bias + c);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][p], offset));
-      const __m512 s = _mm512_mul_ps(scale, _mm512_set1_ps(t.act->row_scale[row0 + r]));
-      _mm512_mask_storeu_ps(t.y + (row0 + r) * t.out + c, m, _mm512_fmadd_ps(dot, s, bias));
+      _mm512_mask_storeu_ps(t.y + (row0 + r) * t.out + c, m, _mm512_fmadd_ps(acc[r][p], scale, bias));
     }
   }
 }
@@ -369,8 +405,16 @@ void prepare(WeightFormat format, bool vector, const float* x, std::size_t rows,
     for (std::size_t r = 0; r < rows; ++r) to_bf16_words(x + r * in, in, a.words.data() + r * a.stride);
     return;
   }
-  a.row_scale.resize(rows);
-  for (std::size_t r = 0; r < rows; ++r) a.row_scale[r] = to_u8_words(x + r * in, in, k_padded, a.words.data() + r * a.stride);
+  a.blocks = k_padded / kInt8ActivationBlock;
+  a.block_scale.resize(rows * a.blocks);
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::size_t b = 0; b < a.blocks; ++b) {
+      const std::size_t first = b * kInt8ActivationBlock;
+      const std::size_t n = first < in ? std::min(kInt8ActivationBlock, in - first) : 0;
+      a.block_scale[r * a.blocks + b] = to_u8_words(x + r * in + first, n, kInt8ActivationBlock,
+                                                    a.words.data() + r * a.stride + first / 4);
+    }
+  }
 }
 
 LDAPROJ_AVX512_F32 void layer_norm_avx512(float* x, std::size_t rows, std::size_t dim, const float* gamma,
@@ -418,7 +462,14 @@ struct Bf16Kernel {
 };
 template <int MR, int NP>
 struct I8Kernel {
-  static void run(const TileArgs& t, std::size_t r, std::size_t p) { tile_i8<MR, NP>(t, r, p); }
+  static void run(const TileArgs& t, std::size_t r, std::size_t p) {
+    if constexpr (MR <= 4) {
+      tile_i8<MR, NP>(t, r, p);
+    } else {
+      tile_i8<4, NP>(t, r, p);
+      tile_i8<MR - 4, NP>(t, r + 4, p);
+    }
+  }
 };
 
 const TileTable<F32Kernel> kF32Tiles;
@@ -506,8 +557,8 @@ PackedLinear::PackedLinear(WeightFormat format, const float* weight, const float
     : format_(format), in_(in), out_(out) {
   if (in == 0 || out == 0) throw std::invalid_argument("PackedLinear: empty weight");
   panels_ = (out + kPanel - 1) / kPanel;
-  const std::size_t group = k_group(format);
-  k_padded_ = (in + group - 1) / group * group;
+  const std::size_t group = k_group(format), padding = k_padding(format);
+  k_padded_ = (in + padding - 1) / padding * padding;
   bias_.assign(panels_ * kPanel, 0.0f);
   std::copy_n(bias, out, bias_.begin());
   const std::size_t per_panel = k_padded_ * kPanel;
@@ -532,13 +583,13 @@ PackedLinear::PackedLinear(WeightFormat format, const float* weight, const float
     case WeightFormat::I8: {
       i8_.assign(panels_ * per_panel, 0);
       column_scale_.assign(panels_ * kPanel, 0.0f);
-      column_sum_.assign(panels_ * kPanel, 0);
+      column_sum_.assign(k_padded_ / kInt8ActivationBlock * panels_ * kPanel, 0);
       std::vector<std::int8_t> q(in);
       for (std::size_t c = 0; c < out; ++c) {
         column_scale_[c] = quantize_row_i8(weight + c * in, in, q.data());
         for (std::size_t k = 0; k < in; ++k) {
           i8_[slot(k, c)] = q[k];
-          column_sum_[c] += q[k];
+          column_sum_[k / kInt8ActivationBlock * panels_ * kPanel + c] += q[k];
         }
       }
       break;
@@ -573,6 +624,7 @@ void PackedLinear::apply(LinearIsa isa, const float* x, std::size_t rows, float*
   t.bias = bias_.data();
   t.column_scale = column_scale_.data();
   t.column_sum = column_sum_.data();
+  t.columns = panels_ * kPanel;
   t.panel_stride = k_padded_ * kPanel;
   t.k_steps = k_padded_ / k_group(format_);
   t.y = y;

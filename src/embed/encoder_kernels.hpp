@@ -26,6 +26,10 @@ inline float bf16_to_float(std::uint16_t bits) {
   return out;
 }
 
+// int8 activations get one scale per block of this many k values of a row,
+// so an outlier channel costs precision only within its own block.
+inline constexpr std::size_t kInt8ActivationBlock = 64;
+
 // Symmetric int8 quantisation of one row of activations: q[i] = round(x[i] / s)
 // with s = max|x| / 127 (s = 0 for an all-zero row). Returns s.
 float quantize_row_i8(const float* x, std::size_t n, std::int8_t* q);
@@ -66,12 +70,12 @@ class PackedLinear {
   WeightFormat format_ = WeightFormat::F32;
   std::size_t in_ = 0, out_ = 0;
   std::size_t panels_ = 0;    // ceil(out / 16)
-  std::size_t k_padded_ = 0;  // in, rounded up to the format's group of k (1, 2 or 4)
+  std::size_t k_padded_ = 0;  // in, rounded up to the format's group of k (1, 2, or 64 for int8)
   std::vector<float> f32_;         // panel-major: [panel][k][16]
   std::vector<std::uint16_t> bf16_;  // [panel][k/2][16][2]
   std::vector<std::int8_t> i8_;      // [panel][k/4][16][4]
   std::vector<float> column_scale_;     // int8: per output column
-  std::vector<std::int32_t> column_sum_;  // int8: sum over k of the quantised weights
+  std::vector<std::int32_t> column_sum_;  // int8: [k block][column] sum of the quantised weights
   std::vector<float> bias_;             // padded to panels * 16
 };
 
