@@ -201,3 +201,33 @@ INSTANTIATE_TEST_SUITE_P(BothIsas, LayerNorm, ::testing::Values(LinearIsa::Scala
                          [](const auto& info) { return std::string(info.param == LinearIsa::Scalar ? "scalar" : "avx512"); });
 
 }  // namespace
+
+namespace {
+
+class Softmax : public ::testing::TestWithParam<LinearIsa> {};
+
+TEST_P(Softmax, MatchesTheDoubleReference) {
+  std::mt19937 rng(5);
+  for (std::size_t len : {1, 7, 16, 33, 115}) {
+    const std::size_t rows = 3;
+    auto x = random_values(rows * len, rng, 6.0f);
+    x[0] = -200.0f;  // underflows to zero
+    auto y = x;
+    ldaproj::detail::softmax_rows(GetParam(), y.data(), rows, len);
+    for (std::size_t r = 0; r < rows; ++r) {
+      double top = -1e300, sum = 0;
+      for (std::size_t c = 0; c < len; ++c) top = std::max(top, static_cast<double>(x[r * len + c]));
+      for (std::size_t c = 0; c < len; ++c) sum += std::exp(x[r * len + c] - top);
+      for (std::size_t c = 0; c < len; ++c) {
+        const double shifted = x[r * len + c] - top, ref = std::exp(shifted) / sum;
+        // x - max is rounded to fp32 first: relative error up to |x - max| ulps.
+        ASSERT_NEAR(y[r * len + c], ref, (5e-7 + 1.2e-7 * std::abs(shifted)) * ref + 1e-30) << "len " << len << " row " << r << " col " << c;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BothIsas, Softmax, ::testing::Values(LinearIsa::Scalar, LinearIsa::Avx512),
+                         [](const auto& info) { return std::string(info.param == LinearIsa::Scalar ? "scalar" : "avx512"); });
+
+}  // namespace

@@ -148,14 +148,7 @@ struct Encoder::Impl {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(len), static_cast<int>(len),
                       static_cast<int>(hd), scale, q + in_off, static_cast<int>(qkv_stride), k + in_off,
                       static_cast<int>(qkv_stride), 0.0f, scores.data(), static_cast<int>(len));
-          for (std::size_t r = 0; r < len; ++r) {
-            float* row = scores.data() + r * len;
-            const float mx = *std::max_element(row, row + len);
-            float sum = 0;
-            for (std::size_t c = 0; c < len; ++c) sum += (row[c] = std::exp(row[c] - mx));
-            const float inv = 1.0f / sum;
-            for (std::size_t c = 0; c < len; ++c) row[c] *= inv;
-          }
+          detail::softmax_rows(elementwise_isa, scores.data(), len, len);
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(len), static_cast<int>(hd),
                       static_cast<int>(len), 1.0f, scores.data(), static_cast<int>(len), v + in_off,
                       static_cast<int>(qkv_stride), 0.0f, ctx.data() + out_off, static_cast<int>(h));

@@ -438,6 +438,49 @@ LDAPROJ_AVX512_F32 void layer_norm_avx512(float* x, std::size_t rows, std::size_
   }
 }
 
+// exp(x) for x <= 0: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in two
+// so the reduction stays exact for large n), exp(r) by its Taylor series to
+// degree 7 (truncation below 1e-8 relative), times 2^n.
+LDAPROJ_AVX512_F32 inline __m512 exp16_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // exp underflows to 0 below
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606820309417e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+LDAPROJ_AVX512_F32 void softmax_avx512(float* x, std::size_t rows, std::size_t len) {
+  auto mask_at = [&](std::size_t j) { return static_cast<__mmask16>(len - j >= 16 ? 0xffffu : (1u << (len - j)) - 1u); };
+  const __m512 lowest = _mm512_set1_ps(-INFINITY);
+  for (std::size_t r = 0; r < rows; ++r) {
+    float* v = x + r * len;
+    __m512 top = lowest;
+    for (std::size_t j = 0; j < len; j += 16) top = _mm512_max_ps(top, _mm512_mask_loadu_ps(lowest, mask_at(j), v + j));
+    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    __m512 sum = _mm512_setzero_ps();
+    for (std::size_t j = 0; j < len; j += 16) {
+      const __mmask16 m = mask_at(j);
+      const __m512 e = _mm512_maskz_mov_ps(m, exp16_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, v + j), shift)));
+      sum = _mm512_add_ps(sum, e);
+      _mm512_mask_storeu_ps(v + j, m, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (std::size_t j = 0; j < len; j += 16) {
+      const __mmask16 m = mask_at(j);
+      _mm512_mask_storeu_ps(v + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, v + j), inv));
+    }
+  }
+}
+
 using TileFn = void (*)(const TileArgs&, std::size_t, std::size_t);
 
 template <template <int, int> class Kernel>
@@ -525,6 +568,22 @@ void layer_norm_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t dim,
     var /= static_cast<double>(dim);
     const double inv = 1.0 / std::sqrt(var + eps);
     for (std::size_t j = 0; j < dim; ++j) v[j] = static_cast<float>((v[j] - mean) * inv) * gamma[j] + beta[j];
+  }
+}
+
+void softmax_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t len) {
+  if (len == 0) return;
+  if (isa == LinearIsa::Avx512 && cpu_has("f32")) {
+    softmax_avx512(x, rows, len);
+    return;
+  }
+  for (std::size_t r = 0; r < rows; ++r) {
+    float* row = x + r * len;
+    const float top = *std::max_element(row, row + len);
+    float sum = 0;
+    for (std::size_t c = 0; c < len; ++c) sum += (row[c] = std::exp(row[c] - top));
+    const float inv = 1.0f / sum;
+    for (std::size_t c = 0; c < len; ++c) row[c] *= inv;
   }
 }
 

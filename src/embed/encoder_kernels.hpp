@@ -45,6 +45,10 @@ void gelu_inplace(LinearIsa isa, float* x, std::size_t n);
 void layer_norm_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t dim, const float* gamma,
                      const float* beta, float eps);
 
+// Softmax of each row of x (rows x len) in place. The AVX-512 version's exp
+// is within 2 ulp of the correctly rounded value; Scalar uses std::exp.
+void softmax_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t len);
+
 class PackedLinear {
  public:
   // Column panels hold 16 outputs; a kernel tile covers up to 3 panels.
