@@ -203,16 +203,16 @@ TEST_F(EncoderParity, SmallBatchesSingleThreadMatchReference) {
 }
 
 // Reduced-precision weights against the same fp32 reference. bf16 must keep
-// every text within the 0.999 cosine. int8 (per-column weight scales,
-// activation scales per 64 values of a token) does not reach that bar on the
-// shortest texts; its bounds pin what it achieves (mean 0.9988, worst 0.9934
-// when written) so a regression shows.
+// every text within the 0.999 cosine. int8 (a scale per 64 k values
+// of every weight column and activation row) reaches it on average but not on
+// the shortest texts; its bounds pin what it achieves (mean 0.99925, worst
+// 0.9966 when written) so a regression shows.
 class EncoderReducedPrecision : public EncoderParity, public ::testing::WithParamInterface<ldaproj::Precision> {};
 
 TEST_P(EncoderReducedPrecision, StaysCloseToTheFp32Reference) {
   const bool bf16 = GetParam() == ldaproj::Precision::BF16;
-  const double kMinReducedCosine = bf16 ? 0.999 : 0.99;
-  const double kMinMeanCosine = bf16 ? 0.9999 : 0.998;
+  const double kMinReducedCosine = bf16 ? 0.999 : 0.995;
+  const double kMinMeanCosine = bf16 ? 0.9999 : 0.999;
   ldaproj::EncoderOptions options;
   options.precision = GetParam();
   const auto encoder = ldaproj::Encoder::load(model_dir_, options);

@@ -18,9 +18,9 @@ struct EncoderOptions {
   // Weights of the transformer layers (embeddings and norms stay fp32). bf16
   // also rounds the activations entering each matrix product to bf16 and stays
   // within cosine 0.999 of fp32 on tests/data/embedding_reference.jsonl. int8
-  // quantises weights per output column and activations per 64 values of a
-  // token: faster for single short queries, but only within cosine 0.99 on
-  // the shortest texts (mean 0.9988); docs/BENCHMARKS.md has the numbers.
+  // scales weights and activations per 64 values: faster for single short
+  // queries, mean cosine 0.9993 but only 0.9966 on the shortest texts;
+  // docs/BENCHMARKS.md has the numbers.
   Precision precision = Precision::F32;
 };
 

@@ -58,7 +58,7 @@ struct EncoderFlags {
         ->check(CLI::Range(2, 512));
     cmd.add_option("--encoder-precision", precision,
                    "Encoder weights: fp32 (exact), bf16 (faster; cosine to fp32 >= 0.999) or int8 "
-                   "(fastest for one short query, cosine >= 0.99 only); docs/BENCHMARKS.md. "
+                   "(fastest for one short query; cosine >= 0.995 only); docs/BENCHMARKS.md. "
                    "Stored embeddings keep the model's name whichever is used")
         ->capture_default_str()
         ->check(CLI::IsMember({"fp32", "bf16", "int8"}));

@@ -92,7 +92,7 @@ struct TileArgs {
   const PackedLinear* layer;
   const Activations* act;
   const float* bias;
-  const float* column_scale;
+  const float* column_scale;       // int8: [k block][column]
   const std::int32_t* column_sum;  // [k block][column]
   std::size_t columns;             // padded: panels * 16
   const void* weights;        // start of panel 0
@@ -151,14 +151,12 @@ void tile_scalar(WeightFormat format, const TileArgs& t, std::size_t row0, std::
             }
             const float scale = t.act->block_scale[r * t.act->blocks + blk];
             for (std::size_t j = 0; j < kPanel; ++j) {
-              const std::int32_t offset = 128 * t.column_sum[blk * t.columns + p * kPanel + j];
-              acc[j] += static_cast<float>(sum[j] - offset) * scale;
+              const std::size_t at = blk * t.columns + p * kPanel + j;
+              const std::int32_t offset = 128 * t.column_sum[at];
+              acc[j] += static_cast<float>(sum[j] - offset) * (scale * t.column_scale[at]);
             }
           }
-          for (std::size_t j = 0; j < kPanel; ++j) {
-            const std::size_t c = p * kPanel + j;
-            acc[j] = acc[j] * t.column_scale[c] + t.bias[c];
-          }
+          for (std::size_t j = 0; j < kPanel; ++j) acc[j] += t.bias[p * kPanel + j];
           break;
         }
       }
@@ -286,12 +284,14 @@ LDAPROJ_AVX512_VNNI void tile_i8(const TileArgs& t, std::size_t row0, std::size_
     }
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) {
-      const std::int32_t* sums = t.column_sum + blk * t.columns + (panel0 + p) * kPanel;
-      const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(sums), 7);
+      const std::size_t at = blk * t.columns + (panel0 + p) * kPanel;
+      const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(t.column_sum + at), 7);
+      const __m512 weight_scale = _mm512_loadu_ps(t.column_scale + at);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r][p], offset));
-        acc[r][p] = _mm512_fmadd_ps(d, _mm512_set1_ps(block_scale[r * blocks + blk]), acc[r][p]);
+        const __m512 s = _mm512_mul_ps(weight_scale, _mm512_set1_ps(block_scale[r * blocks + blk]));
+        acc[r][p] = _mm512_fmadd_ps(d, s, acc[r][p]);
       }
     }
   }
@@ -299,12 +299,9 @@ LDAPROJ_AVX512_VNNI void tile_i8(const TileArgs& t, std::size_t row0, std::size_
   for (int p = 0; p < NP; ++p) {
     const std::size_t c = (panel0 + p) * kPanel;
     const __mmask16 m = column_mask(t, panel0 + p);
-    const __m512 scale = _mm512_loadu_ps(t.column_scale + c);
     const __m512 bias = _mm512_loadu_ps(t.bias + c);
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      _mm512_mask_storeu_ps(t.y + (row0 + r) * t.out + c, m, _mm512_fmadd_ps(acc[r][p], scale, bias));
-    }
+    for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(t.y + (row0 + r) * t.out + c, m, _mm512_add_ps(acc[r][p], bias));
   }
 }
 
@@ -641,14 +638,19 @@ PackedLinear::PackedLinear(WeightFormat format, const float* weight, const float
       break;
     case WeightFormat::I8: {
       i8_.assign(panels_ * per_panel, 0);
-      column_scale_.assign(panels_ * kPanel, 0.0f);
-      column_sum_.assign(k_padded_ / kInt8ActivationBlock * panels_ * kPanel, 0);
-      std::vector<std::int8_t> q(in);
+      const std::size_t blocks = k_padded_ / kInt8ActivationBlock, columns = panels_ * kPanel;
+      column_scale_.assign(blocks * columns, 0.0f);
+      column_sum_.assign(blocks * columns, 0);
+      std::vector<std::int8_t> q(kInt8ActivationBlock);
       for (std::size_t c = 0; c < out; ++c) {
-        column_scale_[c] = quantize_row_i8(weight + c * in, in, q.data());
-        for (std::size_t k = 0; k < in; ++k) {
-          i8_[slot(k, c)] = q[k];
-          column_sum_[k / kInt8ActivationBlock * panels_ * kPanel + c] += q[k];
+        for (std::size_t blk = 0; blk < blocks; ++blk) {
+          const std::size_t first = blk * kInt8ActivationBlock;
+          const std::size_t n = first < in ? std::min(kInt8ActivationBlock, in - first) : 0;
+          column_scale_[blk * columns + c] = quantize_row_i8(weight + c * in + first, n, q.data());
+          for (std::size_t k = 0; k < n; ++k) {
+            i8_[slot(first + k, c)] = q[k];
+            column_sum_[blk * columns + c] += q[k];
+          }
         }
       }
       break;
@@ -662,7 +664,8 @@ float PackedLinear::effective_weight(std::size_t o, std::size_t i) const {
   switch (format_) {
     case WeightFormat::F32: return f32_[at];
     case WeightFormat::BF16: return bf16_to_float(bf16_[at]);
-    case WeightFormat::I8: return static_cast<float>(i8_[at]) * column_scale_[o];
+    case WeightFormat::I8:
+      return static_cast<float>(i8_[at]) * column_scale_[i / kInt8ActivationBlock * panels_ * kPanel + o];
   }
   return 0.0f;
 }

@@ -1,7 +1,7 @@
 // The encoder's fully connected layers, y = x W^T + b, on weights packed once
 // at load time into column panels that the kernels stream front to back.
-// Three weight formats (fp32; bf16 with bf16 activations; int8 with per-column
-// weight scales and per-row activation scales), each with a portable scalar
+// Three weight formats (fp32; bf16 with bf16 activations; int8 with a scale
+// per 64 k values of each weight column and of each activation row), each with a portable scalar
 // kernel and an AVX-512 one (F / BF16 / VNNI) chosen at run time.
 #pragma once
 #include <cstddef>
@@ -26,8 +26,9 @@ inline float bf16_to_float(std::uint16_t bits) {
   return out;
 }
 
-// int8 activations get one scale per block of this many k values of a row,
-// so an outlier channel costs precision only within its own block.
+// int8 weights and activations get one scale per block of this many k values
+// (of a weight column, of an activation row), so an outlier costs precision
+// only within its own block.
 inline constexpr std::size_t kInt8ActivationBlock = 64;
 
 // Symmetric int8 quantisation of one row of activations: q[i] = round(x[i] / s)
@@ -78,7 +79,7 @@ class PackedLinear {
   std::vector<float> f32_;         // panel-major: [panel][k][16]
   std::vector<std::uint16_t> bf16_;  // [panel][k/2][16][2]
   std::vector<std::int8_t> i8_;      // [panel][k/4][16][4]
-  std::vector<float> column_scale_;     // int8: per output column
+  std::vector<float> column_scale_;     // int8: [k block][column]
   std::vector<std::int32_t> column_sum_;  // int8: [k block][column] sum of the quantised weights
   std::vector<float> bias_;             // padded to panels * 16
 };
