@@ -76,7 +76,7 @@ TEST_P(LinearKernels, MatchTheDoubleReference) {
     const auto weight = random_values(s.out * s.in, rng, 0.05f);
     const auto bias = random_values(s.out, rng, 0.1f);
     const auto x = random_values(s.rows * s.in, rng, 1.0f);
-    const PackedLinear layer(format, weight.data(), bias.data(), s.out, s.in);
+    const PackedLinear layer(format, weight.data(), bias.data(), s.out, s.in, isa == LinearIsa::Blas);
     const auto xe = effective_activations(format, x, s.rows, s.in);
     for (int threads : {1, 2}) {
       std::vector<float> y(s.rows * s.out, -1.0f);
@@ -121,11 +121,17 @@ TEST_P(LinearKernels, EffectiveWeightsAreCloseToTheOriginal) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFormats, LinearKernels,
-                         ::testing::Combine(::testing::Values(WeightFormat::F32, WeightFormat::BF16, WeightFormat::I8),
-                                            ::testing::Values(LinearIsa::Scalar, LinearIsa::Avx512)),
+                         ::testing::Values(std::tuple{WeightFormat::F32, LinearIsa::Scalar},
+                                           std::tuple{WeightFormat::F32, LinearIsa::Avx512},
+                                           std::tuple{WeightFormat::F32, LinearIsa::Blas},
+                                           std::tuple{WeightFormat::BF16, LinearIsa::Scalar},
+                                           std::tuple{WeightFormat::BF16, LinearIsa::Avx512},
+                                           std::tuple{WeightFormat::I8, LinearIsa::Scalar},
+                                           std::tuple{WeightFormat::I8, LinearIsa::Avx512}),
                          [](const auto& info) {
+                           const LinearIsa isa = std::get<1>(info.param);
                            return format_name(std::get<0>(info.param)) +
-                                  (std::get<1>(info.param) == LinearIsa::Scalar ? "_scalar" : "_avx512");
+                                  (isa == LinearIsa::Scalar ? "_scalar" : isa == LinearIsa::Avx512 ? "_avx512" : "_blas");
                          });
 
 TEST(Bf16Rounding, RoundsToNearestEven) {

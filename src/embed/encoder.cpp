@@ -268,7 +268,8 @@ Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
       weight.insert(weight.end(), w.begin(), w.end());
       bias.insert(bias.end(), b.begin(), b.end());
     }
-    return PackedLinear(format, weight.data(), bias.data(), bias.size(), static_cast<std::size_t>(in));
+    return PackedLinear(format, weight.data(), bias.data(), bias.size(), static_cast<std::size_t>(in),
+                        impl->isa == LinearIsa::Blas);
   };
   for (std::size_t i = 0; i < c.layers; ++i) {
     const std::string p = "encoder.layer." + std::to_string(i) + ".";

@@ -10,6 +10,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include <cblas.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -534,7 +535,7 @@ bool cpu_has(const char* what) {
 
 LinearIsa best_linear_isa(WeightFormat format) {
   switch (format) {
-    case WeightFormat::F32: return cpu_has("f32") ? LinearIsa::Avx512 : LinearIsa::Scalar;
+    case WeightFormat::F32: return cpu_has("f32") ? LinearIsa::Avx512 : LinearIsa::Blas;
     case WeightFormat::BF16: return cpu_has("bf16") ? LinearIsa::Avx512 : LinearIsa::Scalar;
     case WeightFormat::I8: return cpu_has("i8") ? LinearIsa::Avx512 : LinearIsa::Scalar;
   }
@@ -609,7 +610,7 @@ float quantize_row_i8(const float* x, std::size_t n, std::int8_t* q) {
 }
 
 PackedLinear::PackedLinear(WeightFormat format, const float* weight, const float* bias, std::size_t out,
-                           std::size_t in)
+                           std::size_t in, bool blas_copy)
     : format_(format), in_(in), out_(out) {
   if (in == 0 || out == 0) throw std::invalid_argument("PackedLinear: empty weight");
   panels_ = (out + kPanel - 1) / kPanel;
@@ -625,6 +626,7 @@ PackedLinear::PackedLinear(WeightFormat format, const float* weight, const float
   };
   switch (format) {
     case WeightFormat::F32:
+      if (blas_copy) f32_rows_.assign(weight, weight + out * in);
       f32_.assign(panels_ * per_panel, 0.0f);
       for (std::size_t c = 0; c < out; ++c) {
         for (std::size_t k = 0; k < in; ++k) f32_[slot(k, c)] = weight[c * in + k];
@@ -671,12 +673,19 @@ float PackedLinear::effective_weight(std::size_t o, std::size_t i) const {
 }
 
 std::size_t PackedLinear::bytes() const {
-  return f32_.size() * sizeof(float) + bf16_.size() * sizeof(std::uint16_t) + i8_.size() +
+  return (f32_.size() + f32_rows_.size()) * sizeof(float) + bf16_.size() * sizeof(std::uint16_t) + i8_.size() +
          (column_scale_.size() + bias_.size()) * sizeof(float) + column_sum_.size() * sizeof(std::int32_t);
 }
 
 void PackedLinear::apply(LinearIsa isa, const float* x, std::size_t rows, float* y, int threads) const {
   if (rows == 0) return;
+  if (isa == LinearIsa::Blas && format_ == WeightFormat::F32 && !f32_rows_.empty()) {
+    for (std::size_t r = 0; r < rows; ++r) std::copy_n(bias_.data(), out_, y + r * out_);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(out_),
+                static_cast<int>(in_), 1.0f, x, static_cast<int>(in_), f32_rows_.data(), static_cast<int>(in_), 1.0f,
+                y, static_cast<int>(out_));
+    return;
+  }
   const bool vector = isa == LinearIsa::Avx512 && best_linear_isa(format_) == LinearIsa::Avx512;
   thread_local Activations act;
   prepare(format_, vector, x, rows, in_, k_padded_, act);

@@ -11,10 +11,13 @@
 namespace ldaproj::detail {
 
 enum class WeightFormat { F32, BF16, I8 };
-enum class LinearIsa { Scalar, Avx512 };
+// Blas: fp32 only, OpenBLAS's sgemm on a row-major copy of the weights (what
+// fp32 uses on CPUs without AVX-512, where it beats the portable kernel).
+enum class LinearIsa { Scalar, Avx512, Blas };
 
 // The fastest kernel this CPU runs for `format` (AVX-512 F/BW/DQ, plus BF16
-// for bf16 weights and VNNI for int8 weights; otherwise Scalar).
+// for bf16 weights and VNNI for int8 weights; otherwise Blas for fp32 and
+// Scalar for the others).
 LinearIsa best_linear_isa(WeightFormat format);
 
 // Round to nearest even, as the hardware conversion does (NaN stays NaN).
@@ -56,11 +59,14 @@ class PackedLinear {
   static constexpr std::size_t kPanel = 16;
 
   PackedLinear() = default;
-  // weight: out x in, row-major (PyTorch's layout); bias: out.
-  PackedLinear(WeightFormat format, const float* weight, const float* bias, std::size_t out, std::size_t in);
+  // weight: out x in, row-major (PyTorch's layout); bias: out. fp32 weights
+  // also keep that row-major copy for LinearIsa::Blas when `blas_copy`.
+  PackedLinear(WeightFormat format, const float* weight, const float* bias, std::size_t out, std::size_t in,
+               bool blas_copy = false);
 
   // y[rows x out] = x[rows x in] * W^T + b, with the output columns split over
-  // up to `threads` threads. x and y must not overlap.
+  // up to `threads` threads (Blas: OpenBLAS's own thread setting). x and y
+  // must not overlap. Blas without the copy, or for bf16/int8, runs Scalar.
   void apply(LinearIsa isa, const float* x, std::size_t rows, float* y, int threads) const;
 
   std::size_t in() const { return in_; }
@@ -77,6 +83,7 @@ class PackedLinear {
   std::size_t panels_ = 0;    // ceil(out / 16)
   std::size_t k_padded_ = 0;  // in, rounded up to the format's group of k (1, 2, or 64 for int8)
   std::vector<float> f32_;         // panel-major: [panel][k][16]
+  std::vector<float> f32_rows_;    // out x in, only with blas_copy
   std::vector<std::uint16_t> bf16_;  // [panel][k/2][16][2]
   std::vector<std::int8_t> i8_;      // [panel][k/4][16][4]
   std::vector<float> column_scale_;     // int8: [k block][column]
