@@ -1,20 +1,23 @@
 #!/usr/bin/python3
-"""Side-by-side table of one bench/encoder_compare.sh run.
+"""Side-by-side table of bench/encoder_compare.sh runs.
 
-Reads the files the script writes into one directory:
+Reads the files the script writes into each directory:
   ldaproj_<threads>.json  Google Benchmark JSON of build/encoder_bench
                           (repetitions; the median aggregate is used)
   torch.jsonl             bench/torch_encoder.py bench
   latmd.jsonl             bench/latmd_encoder.mjs (optional)
 and prints a Markdown table: batch-1 ms for the short query, batch-32
 sentences/s, and each ldaproj row's speed-up over PyTorch eager's best time
-at up to the same thread count.
+at up to the same thread count. With several directories (repeated runs)
+every time is the median over the runs, and every ratio the median of the
+ratios within each run (so a run slowed by other work compares like with like).
 
-  /usr/bin/python3 bench/encoder_report.py DIR
+  /usr/bin/python3 bench/encoder_report.py DIR [DIR...]
 """
 import json
 import os
 import re
+import statistics
 import sys
 
 
@@ -68,22 +71,48 @@ def fmt(value, pattern):
     return "–" if value is None else pattern.format(value)
 
 
+def median_rows(per_run):
+    """Cell-wise median over runs of {key: {field: value}} tables."""
+    merged = {}
+    for rows in per_run:
+        for key, row in rows.items():
+            for field, value in row.items():
+                merged.setdefault(key, {}).setdefault(field, []).append(value)
+    return {key: {field: statistics.median(values) for field, values in row.items()}
+            for key, row in merged.items()}
+
+
+def ratios(ours, torch):
+    """(precision, threads) -> {"b1": PyTorch ms / ours, "b32": ours / PyTorch sentences/s}."""
+    out = {}
+    for (precision, threads), row in ours.items():
+        torch_b1 = best_up_to(torch, threads, "b1_ms", min)
+        torch_b32 = best_up_to(torch, threads, "b32_sps", max)
+        cell = out.setdefault((precision, threads), {})
+        if torch_b1 and row.get("b1_ms"):
+            cell["b1"] = torch_b1 / row["b1_ms"]
+        if torch_b32 and row.get("b32_sps"):
+            cell["b32"] = row["b32_sps"] / torch_b32
+    return out
+
+
 def main():
-    directory = sys.argv[1] if len(sys.argv) > 1 else "."
-    ours = ldaproj_rows(directory)
-    torch = peer_rows(read_jsonl(os.path.join(directory, "torch.jsonl")))
-    latmd = peer_rows(read_jsonl(os.path.join(directory, "latmd.jsonl")))
+    directories = sys.argv[1:] or ["."]
+    per_run_ours = [ldaproj_rows(d) for d in directories]
+    per_run_torch = [peer_rows(read_jsonl(os.path.join(d, "torch.jsonl"))) for d in directories]
+    ours = median_rows(per_run_ours)
+    torch = median_rows(per_run_torch)
+    latmd = median_rows([peer_rows(read_jsonl(os.path.join(d, "latmd.jsonl"))) for d in directories])
+    speedups = median_rows([ratios(o, t) for o, t in zip(per_run_ours, per_run_torch)])
     print("| engine | weights | threads | batch 1: ms / short query | batch 32: sentences/s "
           "| batch 1 vs PyTorch | batch 32 vs PyTorch |")
     print("|---|---|---:|---:|---:|---:|---:|")
     order = {"fp32": 0, "bf16": 1, "int8": 2}
     for (precision, threads) in sorted(ours, key=lambda k: (order.get(k[0], 9), k[1])):
         row = ours[(precision, threads)]
-        torch_b1 = best_up_to(torch, threads, "b1_ms", min)
-        torch_b32 = best_up_to(torch, threads, "b32_sps", max)
         b1, b32 = row.get("b1_ms"), row.get("b32_sps")
-        ratio_b1 = torch_b1 / b1 if torch_b1 and b1 else None
-        ratio_b32 = b32 / torch_b32 if torch_b32 and b32 else None
+        ratio_b1 = speedups.get((precision, threads), {}).get("b1")
+        ratio_b32 = speedups.get((precision, threads), {}).get("b32")
         print(f"| ldaproj | {precision} | {threads} | {fmt(b1, '{:.3f}')} | {fmt(b32, '{:.0f}')} "
               f"| {fmt(ratio_b1, '{:.2f}×')} | {fmt(ratio_b32, '{:.2f}×')} |")
     for name, rows in (("PyTorch eager", torch), ("@lat.md/embed (WASM, one pass per text)", latmd)):
@@ -92,8 +121,9 @@ def main():
             print(f"| {name} | fp32 | {threads} | {fmt(row.get('b1_ms'), '{:.2f}')} "
                   f"| {fmt(row.get('b32_sps'), '{:.1f}')} | | |")
     print()
+    runs = f"medians over {len(directories)} runs" if len(directories) > 1 else "medians of this run"
     print("Ratios compare each ldaproj row with PyTorch's best at up to the same thread count "
-          "(medians of this run).")
+          f"({runs}).")
 
 
 if __name__ == "__main__":
