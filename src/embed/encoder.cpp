@@ -119,7 +119,17 @@ struct Encoder::Impl {
     const std::size_t total = start.back();
 
     // Buffers reused across calls on this thread: no page faults per query.
+    // Large ones (long batches) are given back afterwards, so server threads
+    // do not each keep the biggest batch they ever saw.
     thread_local std::vector<float> x, qkv, ctx, tmp, inter, scores;
+    struct Release {
+      ~Release() {
+        constexpr std::size_t kKeepFloats = std::size_t{1} << 21;  // 8 MiB per buffer
+        for (std::vector<float>* b : {&x, &qkv, &ctx, &tmp, &inter, &scores}) {
+          if (b->capacity() > kKeepFloats) std::vector<float>().swap(*b);
+        }
+      }
+    } release;
     x.resize(total * h);
     ctx.resize(total * h);
     for (std::size_t s = 0; s < seqs.size(); ++s) {

@@ -689,6 +689,11 @@ void PackedLinear::apply(LinearIsa isa, const float* x, std::size_t rows, float*
   const bool vector = isa == LinearIsa::Avx512 && best_linear_isa(format_) == LinearIsa::Avx512;
   thread_local Activations act;
   prepare(format_, vector, x, rows, in_, k_padded_, act);
+  struct Release {  // a long batch's activations are not kept by the thread
+    ~Release() {
+      if (act.words.capacity() > (std::size_t{1} << 20)) std::vector<std::uint32_t>().swap(act.words);
+    }
+  } release;
   TileArgs t{};
   t.layer = this;
   t.act = &act;
