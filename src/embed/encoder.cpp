@@ -56,7 +56,6 @@ struct Config {
   float eps = 1e-12f;
 };
 
-
 std::size_t config_size(const nlohmann::json& cfg, const char* key, const std::string& file) {
   if (!cfg.contains(key) || !cfg[key].is_number_unsigned() || cfg[key].get<std::size_t>() == 0) {
     throw InputError(file + ": field \"" + key + "\" must be a positive integer");
@@ -96,7 +95,7 @@ struct Encoder::Impl {
   Norm embedding_norm;
   std::vector<Layer> layers;
   LinearIsa isa = LinearIsa::Scalar;              // for the weight format
-  LinearIsa elementwise_isa = LinearIsa::Scalar;  // GELU, layer norm
+  LinearIsa elementwise_isa = LinearIsa::Scalar;  // GELU, softmax, layer norm
   int threads = 1;
 
   void layer_norm(std::vector<float>& x, std::size_t rows, const Norm& n) const {
