@@ -237,3 +237,56 @@ INSTANTIATE_TEST_SUITE_P(BothIsas, Softmax, ::testing::Values(LinearIsa::Scalar,
                          [](const auto& info) { return std::string(info.param == LinearIsa::Scalar ? "scalar" : "avx512"); });
 
 }  // namespace
+
+namespace {
+
+class Attention : public ::testing::TestWithParam<LinearIsa> {};
+
+TEST_P(Attention, MatchesTheDoubleReference) {
+  std::mt19937 rng(11);
+  std::vector<float> scratch;
+  for (std::size_t head_dim : {16, 24, 32, 64}) {
+    for (std::size_t len : {1, 3, 5, 17, 40}) {
+      // q, k and v interleaved in rows of 3 heads, as the fused projection writes them.
+      const std::size_t stride = 3 * head_dim + 8, ctx_stride = head_dim + 4;
+      const auto qkv = random_values(len * stride, rng, 1.0f);
+      const float* q = qkv.data();
+      const float* k = qkv.data() + head_dim;
+      const float* v = qkv.data() + 2 * head_dim;
+      const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+      std::vector<float> ctx(len * ctx_stride, -7.0f);
+      ldaproj::detail::attention_head(GetParam(), q, k, v, stride, len, head_dim, scale, ctx.data(), ctx_stride,
+                                      scratch);
+      for (std::size_t i = 0; i < len; ++i) {
+        std::vector<double> w(len);
+        double top = -1e300, sum = 0;
+        for (std::size_t j = 0; j < len; ++j) {
+          double dot = 0;
+          for (std::size_t d = 0; d < head_dim; ++d) dot += double(q[i * stride + d]) * k[j * stride + d];
+          w[j] = dot * scale;
+          top = std::max(top, w[j]);
+        }
+        for (double& x : w) sum += (x = std::exp(x - top));
+        for (std::size_t d = 0; d < head_dim; ++d) {
+          double ref = 0, magnitude = 0;
+          for (std::size_t j = 0; j < len; ++j) {
+            ref += w[j] / sum * v[j * stride + d];
+            magnitude += w[j] / sum * std::abs(v[j * stride + d]);
+          }
+          ASSERT_NEAR(ctx[i * ctx_stride + d], ref, 2e-6 * (magnitude + 1.0))
+              << "head_dim " << head_dim << " len " << len << " row " << i << " dim " << d;
+        }
+        for (std::size_t d = head_dim; d < ctx_stride; ++d) ASSERT_EQ(ctx[i * ctx_stride + d], -7.0f) << "wrote past the head";
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, Attention, ::testing::Values(LinearIsa::Scalar, LinearIsa::Avx512, LinearIsa::Blas),
+                         [](const auto& info) {
+                           return std::string(info.param == LinearIsa::Scalar   ? "scalar"
+                                              : info.param == LinearIsa::Avx512 ? "avx512"
+                                                                                : "blas");
+                         });
+
+}  // namespace

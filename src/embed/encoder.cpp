@@ -4,7 +4,6 @@
 // (query, key and value as one fused matrix); attention runs per sequence.
 #include "ldaproj/encoder.hpp"
 
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -95,7 +94,7 @@ struct Encoder::Impl {
   Norm embedding_norm;
   std::vector<Layer> layers;
   LinearIsa isa = LinearIsa::Scalar;              // for the weight format
-  LinearIsa elementwise_isa = LinearIsa::Scalar;  // GELU, softmax, layer norm
+  LinearIsa elementwise_isa = LinearIsa::Scalar;  // attention, GELU, layer norm
   int threads = 1;
 
   void layer_norm(std::vector<float>& x, std::size_t rows, const Norm& n) const {
@@ -151,16 +150,10 @@ struct Encoder::Impl {
       const float* v = qkv.data() + 2 * h;
       for (std::size_t s = 0; s < seqs.size(); ++s) {
         const std::size_t len = seqs[s].size(), base = start[s] * h;
-        scores.resize(len * len);
         for (std::size_t head = 0; head < heads; ++head) {
           const std::size_t in_off = start[s] * qkv_stride + head * hd, out_off = base + head * hd;
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(len), static_cast<int>(len),
-                      static_cast<int>(hd), scale, q + in_off, static_cast<int>(qkv_stride), k + in_off,
-                      static_cast<int>(qkv_stride), 0.0f, scores.data(), static_cast<int>(len));
-          detail::softmax_rows(elementwise_isa, scores.data(), len, len);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(len), static_cast<int>(hd),
-                      static_cast<int>(len), 1.0f, scores.data(), static_cast<int>(len), v + in_off,
-                      static_cast<int>(qkv_stride), 0.0f, ctx.data() + out_off, static_cast<int>(h));
+          detail::attention_head(elementwise_isa, q + in_off, k + in_off, v + in_off, qkv_stride, len, hd, scale,
+                                 ctx.data() + out_off, h, scores);
         }
       }
       apply(layer.attention_out, ctx, total, tmp);

@@ -479,6 +479,81 @@ LDAPROJ_AVX512_F32 void softmax_avx512(float* x, std::size_t rows, std::size_t l
   }
 }
 
+// Scores of rows [row0, row0 + MR) against every key: kt holds K transposed
+// (head_dim x padded_len), so a row of scores is a sum over d of q[d] times a
+// contiguous row of kt.
+template <int MR>
+LDAPROJ_AVX512_F32 void attention_scores(const float* q, std::size_t stride, const float* kt, std::size_t padded_len,
+                                         std::size_t len, std::size_t head_dim, float scale, float* scores,
+                                         std::size_t row0) {
+  for (std::size_t j = 0; j < len; j += 16) {
+    __m512 acc[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
+    for (std::size_t d = 0; d < head_dim; ++d) {
+      const __m512 kv = _mm512_load_ps(kt + d * padded_len + j);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[(row0 + r) * stride + d]), kv, acc[r]);
+    }
+    const auto m = static_cast<__mmask16>(len - j >= 16 ? 0xffffu : (1u << (len - j)) - 1u);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      _mm512_mask_storeu_ps(scores + (row0 + r) * len + j, m, _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
+    }
+  }
+}
+
+// ctx rows [row0, row0 + MR) = probabilities times V, NV vectors of 16 per row.
+template <int MR, int NV>
+LDAPROJ_AVX512_F32 void attention_values(const float* probs, const float* v, std::size_t stride, std::size_t len,
+                                         float* ctx, std::size_t ctx_stride, std::size_t row0) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) acc[r][u] = _mm512_setzero_ps();
+  }
+  for (std::size_t j = 0; j < len; ++j) {
+    __m512 vv[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) vv[u] = _mm512_loadu_ps(v + j * stride + 16 * u);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 p = _mm512_set1_ps(probs[(row0 + r) * len + j]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) acc[r][u] = _mm512_fmadd_ps(p, vv[u], acc[r][u]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(ctx + (row0 + r) * ctx_stride + 16 * u, acc[r][u]);
+  }
+}
+
+template <int NV>
+LDAPROJ_AVX512_F32 void attention_avx512(const float* q, const float* k, const float* v, std::size_t stride,
+                                         std::size_t len, float scale, float* ctx, std::size_t ctx_stride,
+                                         std::vector<float>& scratch) {
+  constexpr std::size_t head_dim = 16 * NV;
+  const std::size_t padded = (len + 15) / 16 * 16;
+  // [kt: head_dim x padded, 64-byte aligned][scores: len x len]
+  scratch.resize(head_dim * padded + len * len + 16);
+  float* kt = scratch.data();
+  kt += (16 - (reinterpret_cast<std::uintptr_t>(kt) / sizeof(float)) % 16) % 16;
+  float* scores = kt + head_dim * padded;
+  for (std::size_t j = 0; j < len; ++j) {
+    for (std::size_t d = 0; d < head_dim; ++d) kt[d * padded + j] = k[j * stride + d];
+  }
+  std::size_t row0 = 0;
+  for (; row0 + 8 <= len; row0 += 8) attention_scores<8>(q, stride, kt, padded, len, head_dim, scale, scores, row0);
+  for (; row0 < len; ++row0) attention_scores<1>(q, stride, kt, padded, len, head_dim, scale, scores, row0);
+  softmax_avx512(scores, len, len);
+  row0 = 0;
+  for (; row0 + 8 <= len; row0 += 8) attention_values<8, NV>(scores, v, stride, len, ctx, ctx_stride, row0);
+  for (; row0 < len; ++row0) attention_values<1, NV>(scores, v, stride, len, ctx, ctx_stride, row0);
+}
+
 using TileFn = void (*)(const TileArgs&, std::size_t, std::size_t);
 
 template <template <int, int> class Kernel>
@@ -582,6 +657,49 @@ void softmax_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t len) {
     for (std::size_t c = 0; c < len; ++c) sum += (row[c] = std::exp(row[c] - top));
     const float inv = 1.0f / sum;
     for (std::size_t c = 0; c < len; ++c) row[c] *= inv;
+  }
+}
+
+void attention_head(LinearIsa isa, const float* q, const float* k, const float* v, std::size_t stride,
+                    std::size_t len, std::size_t head_dim, float scale, float* ctx, std::size_t ctx_stride,
+                    std::vector<float>& scratch) {
+  if (len == 0) return;
+  if (isa == LinearIsa::Avx512 && cpu_has("f32") && head_dim % 16 == 0 && head_dim <= 64) {
+    switch (head_dim / 16) {
+      case 1: attention_avx512<1>(q, k, v, stride, len, scale, ctx, ctx_stride, scratch); return;
+      case 2: attention_avx512<2>(q, k, v, stride, len, scale, ctx, ctx_stride, scratch); return;
+      case 3: attention_avx512<3>(q, k, v, stride, len, scale, ctx, ctx_stride, scratch); return;
+      default: attention_avx512<4>(q, k, v, stride, len, scale, ctx, ctx_stride, scratch); return;
+    }
+  }
+  scratch.resize(len * len);
+  float* scores = scratch.data();
+  if (isa == LinearIsa::Blas) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(len), static_cast<int>(len),
+                static_cast<int>(head_dim), scale, q, static_cast<int>(stride), k, static_cast<int>(stride), 0.0f,
+                scores, static_cast<int>(len));
+  } else {
+    for (std::size_t i = 0; i < len; ++i) {
+      for (std::size_t j = 0; j < len; ++j) {
+        float dot = 0.0f;
+        for (std::size_t d = 0; d < head_dim; ++d) dot += q[i * stride + d] * k[j * stride + d];
+        scores[i * len + j] = dot * scale;
+      }
+    }
+  }
+  softmax_rows(LinearIsa::Scalar, scores, len, len);
+  if (isa == LinearIsa::Blas) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(len), static_cast<int>(head_dim),
+                static_cast<int>(len), 1.0f, scores, static_cast<int>(len), v, static_cast<int>(stride), 0.0f, ctx,
+                static_cast<int>(ctx_stride));
+    return;
+  }
+  for (std::size_t i = 0; i < len; ++i) {
+    float* out = ctx + i * ctx_stride;
+    std::fill_n(out, head_dim, 0.0f);
+    for (std::size_t j = 0; j < len; ++j) {
+      for (std::size_t d = 0; d < head_dim; ++d) out[d] += scores[i * len + j] * v[j * stride + d];
+    }
   }
 }
 

@@ -53,6 +53,16 @@ void layer_norm_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t dim,
 // is within 2 ulp of the correctly rounded value; Scalar uses std::exp.
 void softmax_rows(LinearIsa isa, float* x, std::size_t rows, std::size_t len);
 
+// Self-attention of one head over one sequence of `len` tokens:
+//   ctx_i = sum_j softmax_j(scale * q_i . k_j) v_j
+// q, k and v rows (head_dim values each) are `stride` floats apart, ctx rows
+// `ctx_stride` apart. `scratch` is reused between calls. AVX-512 needs
+// head_dim a multiple of 16 and at most 64; Blas runs the two products through
+// OpenBLAS; otherwise Scalar.
+void attention_head(LinearIsa isa, const float* q, const float* k, const float* v, std::size_t stride,
+                    std::size_t len, std::size_t head_dim, float scale, float* ctx, std::size_t ctx_stride,
+                    std::vector<float>& scratch);
+
 class PackedLinear {
  public:
   // Column panels hold 16 outputs; a kernel tile covers up to 3 panels.
