@@ -267,4 +267,23 @@ TEST(Cli, EncodePrintsOneJsonLinePerInput) {
   EXPECT_EQ(count, 2);
 }
 
+TEST(Cli, EncoderPrecisionFlagGivesCloseVectors) {
+  auto vector_of = [](const std::string& flags) {
+    const CliRun r = run("encode --json " + flags + " \"how do I reset my password\"");
+    EXPECT_EQ(r.code, 0) << r.out;
+    return nlohmann::json::parse(r.out)["embedding"].get<std::vector<double>>();
+  };
+  const auto exact = vector_of("");
+  for (const auto& [precision, min_cosine] : {std::pair{"bf16", 0.999}, std::pair{"int8", 0.995}}) {
+    const auto reduced = vector_of(std::string("--encoder-precision ") + precision);
+    ASSERT_EQ(reduced.size(), exact.size());
+    double dot = 0.0;
+    for (std::size_t i = 0; i < exact.size(); ++i) dot += exact[i] * reduced[i];
+    EXPECT_GT(dot, min_cosine) << precision;  // both are unit vectors
+  }
+  const CliRun bad = run("encode --encoder-precision fp8 hello");
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("--encoder-precision"), std::string::npos) << bad.out;
+}
+
 }  // namespace

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ldaproj/matrix.hpp"
+#include "ldaproj/precision.hpp"
 
 namespace ldaproj {
 
@@ -14,6 +15,13 @@ struct EncoderOptions {
   std::size_t max_tokens = 256;  // including [CLS] and [SEP]
   int threads = 0;               // 0 = all available cores
   std::size_t batch_size = 32;   // texts per forward pass inside encode()
+  // Weights of the transformer layers (embeddings and norms stay fp32). bf16
+  // also rounds the activations entering each matrix product to bf16 and stays
+  // within cosine 0.999 of fp32 on tests/data/embedding_reference.jsonl. int8
+  // scales weights and activations per 64 values: faster for single short
+  // queries, mean cosine 0.9993 but only 0.9966 on the shortest texts;
+  // docs/BENCHMARKS.md has the numbers.
+  Precision precision = Precision::F32;
 };
 
 // The model directory to use: `explicit_dir` if non-empty, else $LDAPROJ_MODEL,

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "ldaproj/precision.hpp"
+
 namespace ldaproj {
 
 struct ServerOptions {
@@ -16,6 +18,7 @@ struct ServerOptions {
   std::string projection;               // empty: the active one
   std::filesystem::path model_dir;      // empty: resolve_model_dir()'s default
   std::size_t max_tokens = 256;         // encoder truncation
+  Precision encoder_precision = Precision::F32;  // encoder weights (EncoderOptions::precision)
   std::string host = "127.0.0.1";
   int port = 8080;                      // 0: any free port (see Server::port())
   int threads = 0;                      // request worker threads; 0: cores, at least 4

@@ -9,6 +9,7 @@
 
 #include "ldaproj/index.hpp"
 #include "ldaproj/matrix.hpp"
+#include "ldaproj/precision.hpp"
 
 namespace ldaproj {
 
@@ -34,12 +35,9 @@ void normalize_rows(Matrix& m, std::string_view what);
 // Numerically stable softmax of scores/temperature, in place over `n` values.
 void softmax_inplace(float* scores, std::size_t n, float temperature);
 
-// How the teacher stores centroids and answers for its kernels. Reduced
-// precision halves (bf16) or quarters (int8, one scale per row) the bytes a
-// query streams, at a small accuracy cost (docs/BENCHMARKS.md).
-enum class Precision { F32, BF16, I8 };
-std::string_view to_string(Precision precision);  // "fp32", "bf16", "int8"
-Precision parse_precision(std::string_view name);  // InputError on unknown
+// How the teacher stores centroids and answers for its kernels
+// (ldaproj/precision.hpp): reduced precision halves (bf16) or quarters (int8,
+// one scale per row) the bytes a query streams, at a small accuracy cost.
 
 struct TeacherOptions {
   Precision precision = Precision::F32;

@@ -49,6 +49,7 @@ struct EncoderFlags {
   int threads = 0;
   std::size_t max_tokens = 256;
   std::size_t batch_size = 32;
+  std::string precision = "fp32";
 
   void add_to(CLI::App& cmd) {
     cmd.add_option("--model", model_dir,
@@ -60,10 +61,17 @@ struct EncoderFlags {
                    "Truncate texts to this many tokens including [CLS]/[SEP]")
         ->capture_default_str()
         ->check(CLI::Range(2, 512));
+    cmd.add_option("--encoder-precision", precision,
+                   "Encoder weights: fp32 (exact), bf16 (faster; cosine to fp32 >= 0.999) or int8 "
+                   "(fastest for one short query; cosine >= 0.995 only); docs/BENCHMARKS.md. "
+                   "Stored embeddings keep the model's name whichever is used")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
   }
 
   Encoder load() const {
     EncoderOptions options;
+    options.precision = parse_precision(precision);
     options.threads = threads;
     options.max_tokens = max_tokens;
     options.batch_size = batch_size;
@@ -977,6 +985,10 @@ int main(int argc, char** argv) {
                         "Model directory (default: $LDAPROJ_MODEL, else the bundled all-MiniLM-L6-v2)");
   serve_cmd->add_option("--max-tokens", serve_options.max_tokens, "Encoder truncation in tokens")
       ->capture_default_str()->check(CLI::Range(2, 512));
+  std::string serve_encoder_precision = "fp32";
+  serve_cmd->add_option("--encoder-precision", serve_encoder_precision,
+                        "Encoder weights: fp32, bf16 or int8 (see `ldaproj encode --help`)")
+      ->capture_default_str()->check(CLI::IsMember({"fp32", "bf16", "int8"}));
   serve_cmd->add_option("--max-body-bytes", serve_options.max_body_bytes, "Largest request body")
       ->capture_default_str()->check(CLI::PositiveNumber);
   serve_cmd->add_option("--max-batch", serve_options.max_batch, "Most texts or embeddings per request")
@@ -1026,6 +1038,7 @@ int main(int argc, char** argv) {
     if (*serve_cmd) {
       serve_options.db = serve_db;
       serve_options.model_dir = serve_model;
+      serve_options.encoder_precision = ldaproj::parse_precision(serve_encoder_precision);
       return run_serve(serve_options, serve_log);
     }
     if (*synth.command) return synth.run();

@@ -1,9 +1,9 @@
-// Native sentence encoder: BERT forward pass (fp32, OpenBLAS GEMMs) with mean
-// pooling and L2 normalisation. Token-wise layers run on every token of a
-// batch at once with no padding; attention runs per sequence.
+// Native sentence encoder: BERT forward pass with mean pooling and L2
+// normalisation. Token-wise layers run on every token of a batch at once with
+// no padding, through the packed fp32/bf16/int8 kernels of encoder_kernels.hpp
+// (query, key and value as one fused matrix); attention runs per sequence.
 #include "ldaproj/encoder.hpp"
 
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -14,6 +14,7 @@
 #include <string>
 
 #include "common/parallel.hpp"
+#include "embed/encoder_kernels.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/safetensors.hpp"
 #include "ldaproj/tokenizer.hpp"
@@ -25,51 +26,34 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Linear {
-  std::vector<float> weight;  // out x in, row-major (PyTorch layout)
-  std::vector<float> bias;    // out
-  std::size_t in = 0, out = 0;
-};
+using detail::LinearIsa;
+using detail::PackedLinear;
+using detail::WeightFormat;
 
 struct Norm {
   std::vector<float> gamma, beta;
 };
 
 struct Layer {
-  Linear query, key, value, attention_out, intermediate, output;
+  PackedLinear qkv;  // query, key and value stacked: out = 3 x hidden
+  PackedLinear attention_out, intermediate, output;
   Norm attention_norm, output_norm;
 };
+
+WeightFormat weight_format(Precision p) {
+  switch (p) {
+    case Precision::F32: return WeightFormat::F32;
+    case Precision::BF16: return WeightFormat::BF16;
+    case Precision::I8: return WeightFormat::I8;
+  }
+  return WeightFormat::F32;
+}
 
 struct Config {
   std::size_t hidden = 0, heads = 0, layers = 0, intermediate = 0, max_positions = 0, vocab = 0,
               type_vocab = 0;
   float eps = 1e-12f;
 };
-
-// y[rows x out] = x[rows x in] * W^T + b
-void apply(const Linear& l, const std::vector<float>& x, std::size_t rows, std::vector<float>& y) {
-  y.resize(rows * l.out);
-  for (std::size_t r = 0; r < rows; ++r) std::copy(l.bias.begin(), l.bias.end(), y.begin() + static_cast<std::ptrdiff_t>(r * l.out));
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(l.out),
-              static_cast<int>(l.in), 1.0f, x.data(), static_cast<int>(l.in), l.weight.data(),
-              static_cast<int>(l.in), 1.0f, y.data(), static_cast<int>(l.out));
-}
-
-void layer_norm(std::vector<float>& x, std::size_t rows, std::size_t dim, const Norm& n, float eps) {
-  for (std::size_t r = 0; r < rows; ++r) {
-    float* v = x.data() + r * dim;
-    double mean = 0;
-    for (std::size_t j = 0; j < dim; ++j) mean += v[j];
-    mean /= static_cast<double>(dim);
-    double var = 0;
-    for (std::size_t j = 0; j < dim; ++j) var += (v[j] - mean) * (v[j] - mean);
-    var /= static_cast<double>(dim);
-    const double inv = 1.0 / std::sqrt(var + eps);
-    for (std::size_t j = 0; j < dim; ++j) {
-      v[j] = static_cast<float>((v[j] - mean) * inv) * n.gamma[j] + n.beta[j];
-    }
-  }
-}
 
 std::size_t config_size(const nlohmann::json& cfg, const char* key, const std::string& file) {
   if (!cfg.contains(key) || !cfg[key].is_number_unsigned() || cfg[key].get<std::size_t>() == 0) {
@@ -109,6 +93,19 @@ struct Encoder::Impl {
   std::vector<float> word, position, token_type;
   Norm embedding_norm;
   std::vector<Layer> layers;
+  LinearIsa isa = LinearIsa::Scalar;              // for the weight format
+  LinearIsa elementwise_isa = LinearIsa::Scalar;  // attention, GELU, layer norm
+  int threads = 1;
+
+  void layer_norm(std::vector<float>& x, std::size_t rows, const Norm& n) const {
+    detail::layer_norm_rows(elementwise_isa, x.data(), rows, config.hidden, n.gamma.data(), n.beta.data(), config.eps);
+  }
+
+  // y[rows x out] = x[rows x in] * W^T + b
+  void apply(const PackedLinear& l, const std::vector<float>& x, std::size_t rows, std::vector<float>& y) const {
+    y.resize(rows * l.out());
+    l.apply(isa, x.data(), rows, y.data(), threads);
+  }
 
   explicit Impl(Tokenizer t) : tokenizer(std::move(t)) {}
 
@@ -119,7 +116,20 @@ struct Encoder::Impl {
     for (std::size_t s = 0; s < seqs.size(); ++s) start[s + 1] = start[s] + seqs[s].size();
     const std::size_t total = start.back();
 
-    std::vector<float> x(total * h);
+    // Buffers reused across calls on this thread: no page faults per query.
+    // Large ones (long batches) are given back afterwards, so server threads
+    // do not each keep the biggest batch they ever saw.
+    thread_local std::vector<float> x, qkv, ctx, tmp, inter, scores;
+    struct Release {
+      ~Release() {
+        constexpr std::size_t kKeepFloats = std::size_t{1} << 21;  // 8 MiB per buffer
+        for (std::vector<float>* b : {&x, &qkv, &ctx, &tmp, &inter, &scores}) {
+          if (b->capacity() > kKeepFloats) std::vector<float>().swap(*b);
+        }
+      }
+    } release;
+    x.resize(total * h);
+    ctx.resize(total * h);
     for (std::size_t s = 0; s < seqs.size(); ++s) {
       for (std::size_t t = 0; t < seqs[s].size(); ++t) {
         const float* w = word.data() + static_cast<std::size_t>(seqs[s][t]) * h;
@@ -128,45 +138,33 @@ struct Encoder::Impl {
         for (std::size_t j = 0; j < h; ++j) dst[j] = w[j] + p[j] + token_type[j];
       }
     }
-    layer_norm(x, total, h, embedding_norm, config.eps);
+    layer_norm(x, total, embedding_norm);
 
     const std::size_t heads = config.heads, hd = h / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    std::vector<float> q, k, v, ctx(total * h), tmp, inter, scores;
+    const std::size_t qkv_stride = 3 * h;
     for (const Layer& layer : layers) {
-      apply(layer.query, x, total, q);
-      apply(layer.key, x, total, k);
-      apply(layer.value, x, total, v);
+      apply(layer.qkv, x, total, qkv);
+      const float* q = qkv.data();
+      const float* k = qkv.data() + h;
+      const float* v = qkv.data() + 2 * h;
       for (std::size_t s = 0; s < seqs.size(); ++s) {
         const std::size_t len = seqs[s].size(), base = start[s] * h;
-        scores.resize(len * len);
         for (std::size_t head = 0; head < heads; ++head) {
-          const std::size_t off = base + head * hd;
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(len), static_cast<int>(len),
-                      static_cast<int>(hd), scale, q.data() + off, static_cast<int>(h), k.data() + off,
-                      static_cast<int>(h), 0.0f, scores.data(), static_cast<int>(len));
-          for (std::size_t r = 0; r < len; ++r) {
-            float* row = scores.data() + r * len;
-            const float mx = *std::max_element(row, row + len);
-            float sum = 0;
-            for (std::size_t c = 0; c < len; ++c) sum += (row[c] = std::exp(row[c] - mx));
-            const float inv = 1.0f / sum;
-            for (std::size_t c = 0; c < len; ++c) row[c] *= inv;
-          }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(len), static_cast<int>(hd),
-                      static_cast<int>(len), 1.0f, scores.data(), static_cast<int>(len), v.data() + off,
-                      static_cast<int>(h), 0.0f, ctx.data() + off, static_cast<int>(h));
+          const std::size_t in_off = start[s] * qkv_stride + head * hd, out_off = base + head * hd;
+          detail::attention_head(elementwise_isa, q + in_off, k + in_off, v + in_off, qkv_stride, len, hd, scale,
+                                 ctx.data() + out_off, h, scores);
         }
       }
       apply(layer.attention_out, ctx, total, tmp);
       for (std::size_t i = 0; i < tmp.size(); ++i) tmp[i] += x[i];
-      layer_norm(tmp, total, h, layer.attention_norm, config.eps);
+      layer_norm(tmp, total, layer.attention_norm);
       x.swap(tmp);
       apply(layer.intermediate, x, total, inter);
-      for (float& a : inter) a = 0.5f * a * (1.0f + std::erf(a * static_cast<float>(M_SQRT1_2)));
+      detail::gelu_inplace(elementwise_isa, inter.data(), inter.size());
       apply(layer.output, inter, total, tmp);
       for (std::size_t i = 0; i < tmp.size(); ++i) tmp[i] += x[i];
-      layer_norm(tmp, total, h, layer.output_norm, config.eps);
+      layer_norm(tmp, total, layer.output_norm);
       x.swap(tmp);
     }
 
@@ -260,25 +258,30 @@ Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
   impl->position = load("embeddings.position_embeddings.weight", {static_cast<std::int64_t>(c.max_positions), h});
   impl->token_type = load("embeddings.token_type_embeddings.weight", {static_cast<std::int64_t>(c.type_vocab), h});
   impl->embedding_norm = {load("embeddings.LayerNorm.weight", {h}), load("embeddings.LayerNorm.bias", {h})};
-  auto linear = [&](const std::string& base, std::int64_t out, std::int64_t in) {
-    Linear l;
-    l.weight = load(base + ".weight", {out, in});
-    l.bias = load(base + ".bias", {out});
-    l.out = static_cast<std::size_t>(out);
-    l.in = static_cast<std::size_t>(in);
-    return l;
+  const WeightFormat format = weight_format(options.precision);
+  impl->isa = detail::best_linear_isa(format);
+  impl->elementwise_isa = detail::best_linear_isa(WeightFormat::F32);
+  impl->threads = options.threads > 0 ? options.threads : detail::available_cores();
+  // Several PyTorch Linear layers with the same input, stacked into one.
+  auto linear = [&](const std::vector<std::string>& bases, std::int64_t out, std::int64_t in) {
+    std::vector<float> weight, bias;
+    for (const std::string& base : bases) {
+      const std::vector<float> w = load(base + ".weight", {out, in}), b = load(base + ".bias", {out});
+      weight.insert(weight.end(), w.begin(), w.end());
+      bias.insert(bias.end(), b.begin(), b.end());
+    }
+    return PackedLinear(format, weight.data(), bias.data(), bias.size(), static_cast<std::size_t>(in),
+                        impl->isa == LinearIsa::Blas);
   };
   for (std::size_t i = 0; i < c.layers; ++i) {
     const std::string p = "encoder.layer." + std::to_string(i) + ".";
     Layer layer;
-    layer.query = linear(p + "attention.self.query", h, h);
-    layer.key = linear(p + "attention.self.key", h, h);
-    layer.value = linear(p + "attention.self.value", h, h);
-    layer.attention_out = linear(p + "attention.output.dense", h, h);
+    layer.qkv = linear({p + "attention.self.query", p + "attention.self.key", p + "attention.self.value"}, h, h);
+    layer.attention_out = linear({p + "attention.output.dense"}, h, h);
     layer.attention_norm = {load(p + "attention.output.LayerNorm.weight", {h}),
                             load(p + "attention.output.LayerNorm.bias", {h})};
-    layer.intermediate = linear(p + "intermediate.dense", inter, h);
-    layer.output = linear(p + "output.dense", h, inter);
+    layer.intermediate = linear({p + "intermediate.dense"}, inter, h);
+    layer.output = linear({p + "output.dense"}, h, inter);
     layer.output_norm = {load(p + "output.LayerNorm.weight", {h}), load(p + "output.LayerNorm.bias", {h})};
     impl->layers.push_back(std::move(layer));
   }

@@ -631,6 +631,7 @@ Server::Server(ServerOptions options) {
   }
   EncoderOptions encoder_options;
   encoder_options.max_tokens = options.max_tokens;
+  encoder_options.precision = options.encoder_precision;
   encoder_options.threads = 1;  // parallelism comes from concurrent requests
   Encoder encoder = Encoder::load(resolve_model_dir(options.model_dir), encoder_options);
   // Also sets OpenBLAS to one thread before any request runs a GEMM.
