@@ -184,7 +184,7 @@ TEST_F(CliDemo, EnsembleQueryValidateExportImport) {
   ASSERT_EQ(run("import --db " + db + " " + demo("clusters.json")).code, 0);
   ASSERT_EQ(run("embed --db " + db + " --quiet").code, 0);
   ASSERT_EQ(run("train --db " + db).code, 0);
-  const std::string other = (dir_ / "other.db").string();
+  const std::string other = (dir_ / "ensemble_other.db").string();
   fs::copy_file(db, other);
 
   CliRun r = run("query --db " + db + " --method ensemble \"how do I get my password back\"");
