@@ -31,8 +31,8 @@ inline constexpr Method kAllMethods[] = {Method::Direct,          Method::Global
 
 // Question routing's default temperature and neighbours, chosen on the
 // CLINC150 validation split (docs/QUALITY.md).
-inline constexpr float kDefaultQuestionTemperature = 0.02f;
-inline constexpr std::size_t kDefaultQuestionNeighbors = 0;
+inline constexpr float kDefaultQuestionTemperature = 0.1f;
+inline constexpr std::size_t kDefaultQuestionNeighbors = 20;
 
 struct RankedAnswer {
   std::int64_t cluster_id = 0;
