@@ -4,7 +4,7 @@ BUILD ?= build
 BUILD_ASAN ?= build-asan
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build build-asan test test-fast demo bench bench-serve clean
+.PHONY: all setup build build-asan test test-fast demo bench bench-serve bench-quality clean
 
 all: build
 
@@ -45,6 +45,12 @@ bench: build
 bench-serve: build
 	bash scripts/setup.sh --bench >/dev/null
 	bash bench/serve_load.sh $(BUILD) 10 8
+
+# Retrieval quality on CLINC150 (../shared/datasets/clinc150, skipped when absent) and on the demo
+# data, every method, choices on val only; writes the tables into docs/QUALITY.md. Embeddings,
+# tuning and trained models are cached under $(BUILD)/quality/, so reruns only re-validate.
+bench-quality: build
+	nice python3 bench/quality.py --build $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

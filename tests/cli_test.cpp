@@ -75,7 +75,9 @@ TEST_F(CliDemo, ImportEmbedTrainValidateQuery) {
 
   r = run("validate --db " + db_ + " --test " + demo("extra_heldout.jsonl") + " --sweep-temperature 0.05,0.1,1");
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("multi-head over temperature"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sweep:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("temperature 0.0500"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nDCG@10"), std::string::npos) << r.out;
 
   r = run("query --db " + db_ + " --json --top-k 3 \"how do I get my password back\"");
   ASSERT_EQ(r.code, 0) << r.out;

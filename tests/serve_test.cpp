@@ -138,7 +138,7 @@ TEST_F(ServeTest, HealthInfoAndClusters) {
   std::vector<std::string> offered;
   for (const auto& m : r.body["methods"]) {
     offered.push_back(m["name"]);
-    const bool routes = m["name"] == "multi-head" || m["name"] == "sparse-teacher";
+    const bool routes = m["name"] == "multi-head" || m["name"] == "sparse-teacher" || m["name"] == "question-routing";
     EXPECT_EQ(m["routing"].get<bool>(), routes) << m;
   }
   EXPECT_EQ(offered, library_method_names());
@@ -216,6 +216,40 @@ TEST_F(ServeTest, SearchByTextEmbeddingAndBatch) {
                                             {"temperature", 2.0}}).body;
   EXPECT_GT(sharp["routing"][0]["weight"].get<double>(), flat["routing"][0]["weight"].get<double>() + 0.3);
   EXPECT_FLOAT_EQ(flat["temperature"].get<float>(), 2.0f);
+}
+
+TEST_F(ServeTest, SearchRejectsOutOfScopeQueriesBelowTheThreshold) {
+  start();
+  const json in_scope = json{{"text", "how do I get my password back"}};
+  Reply r = post("/v1/search", in_scope);
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_FALSE(r.body.contains("confidence")) << "confidence only comes with reject_below";
+
+  json body = in_scope;
+  body["reject_below"] = -1.0;
+  r = post("/v1/search", body);
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.body["rejected"], false);
+  const double confidence = r.body["confidence"].get<double>();
+  EXPECT_GT(confidence, 0.3);
+  EXPECT_FALSE(r.body["answers"].empty());
+  EXPECT_FLOAT_EQ(r.body["reject_below"].get<float>(), -1.0f);
+
+  body["reject_below"] = confidence + 0.01;
+  r = post("/v1/search", body);
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.body["rejected"], true);
+  EXPECT_TRUE(r.body["answers"].empty());
+
+  // Per query in a batch; question-routing's confidence is its nearest training question.
+  r = post("/v1/search", json{{"texts", {"how do I get my password back", "zebra migration in the serengeti"}},
+                              {"method", "question-routing"}, {"reject_below", 0.5}, {"temperature", 0.05}});
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.body["results"][0]["rejected"], false) << r.raw;
+  EXPECT_EQ(r.body["results"][1]["rejected"], true) << r.raw;
+  EXPECT_FLOAT_EQ(r.body["temperature"].get<float>(), 0.05f);
+
+  expect_error(post("/v1/search", json{{"text", "x"}, {"reject_below", "high"}}), 400, "invalid_field");
 }
 
 TEST_F(ServeTest, ProjectAndEmbed) {

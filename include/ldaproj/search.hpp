@@ -1,6 +1,7 @@
 // Answering queries from a trained store by any method: the multi-head
-// teacher, its distilled student, the direct cosine baseline or the global-W
-// baseline.
+// teacher, its distilled student or ensemble, routing over the individual
+// training questions, the direct cosine baseline or the global-W baseline;
+// optionally rejecting queries no cluster answers (out of scope).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -15,12 +16,23 @@
 
 namespace ldaproj {
 
-enum class Method { MultiHead, Direct, GlobalW, SparseTeacher, Student, Ensemble };
-// "multi-head", "direct", "global-w", "sparse-teacher", "student", "ensemble"
+// QuestionRouting: the teacher's projection with keys at the individual
+// training questions instead of their centroids,
+//   s_j = cos(q, question_j),  w_c = sum over c's questions of softmax_j(s_j / t_q)
+//   (over the question_neighbors nearest questions when that is > 0),
+//   p = normalise(sum_c w_c answer_c).
+enum class Method { MultiHead, Direct, GlobalW, SparseTeacher, Student, Ensemble, QuestionRouting };
+// "multi-head", "direct", "global-w", "sparse-teacher", "student", "ensemble", "question-routing"
 std::string_view to_string(Method method);
 Method parse_method(std::string_view name);  // accepts - or _; InputError otherwise
-inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead,
-                                         Method::SparseTeacher, Method::Student, Method::Ensemble};
+inline constexpr Method kAllMethods[] = {Method::Direct,          Method::GlobalW, Method::MultiHead,
+                                         Method::SparseTeacher,   Method::Student, Method::Ensemble,
+                                         Method::QuestionRouting};
+
+// Question routing's default temperature and neighbours, chosen on the
+// CLINC150 validation split (docs/QUALITY.md).
+inline constexpr float kDefaultQuestionTemperature = 0.1f;
+inline constexpr std::size_t kDefaultQuestionNeighbors = 20;
 
 struct RankedAnswer {
   std::int64_t cluster_id = 0;
@@ -45,6 +57,14 @@ struct SearchOptions {
   std::size_t route_k = 64;          // sparse-teacher: heads routed over per query
   std::size_t top_domains = 0;       // ensemble: domains (students) run per query; 0: as trained
   bool include_projection = false;   // fill QueryResult::projection
+  // question-routing: softmax temperature over question similarities, and
+  // how many nearest questions share the mass (0: all of them).
+  float question_temperature = kDefaultQuestionTemperature;
+  std::size_t question_neighbors = kDefaultQuestionNeighbors;
+  // Out-of-scope rejection: a query whose confidence is below this gets no
+  // answers (QueryResult::rejected). Setting it also fills confidence.
+  std::optional<float> reject_below;
+  bool include_confidence = false;   // fill QueryResult::confidence without rejecting
 };
 
 struct QueryResult {
@@ -53,6 +73,11 @@ struct QueryResult {
   // sparse-teacher: bound on the softmax mass of the heads it left out.
   float uncovered_mass_bound = 0.0f;
   std::vector<float> projection;      // the vector answers were ranked by (include_projection)
+  // How close the query is to what the store knows (reject_below /
+  // include_confidence): the largest cosine to a training question for
+  // question-routing, to a head's centroid for every other method.
+  float confidence = 0.0f;
+  bool rejected = false;              // confidence < reject_below: answers is empty
 };
 
 struct SearcherOptions {
@@ -105,6 +130,7 @@ class Searcher {
   struct Impl;
   explicit Searcher(std::unique_ptr<Impl> impl);
   void check_query_dimension(const Matrix& queries) const;
+  static void check_question_options(const SearchOptions& options);
   std::unique_ptr<Impl> impl_;
 };
 

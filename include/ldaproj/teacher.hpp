@@ -28,6 +28,24 @@ CentroidMethod parse_centroid_method(std::string_view name);  // InputError on u
 std::vector<float> compute_centroid(const Matrix& questions, CentroidMethod method,
                                     int rounds = 3);
 
+// Discriminative keys: starting from the unit rows of `keys` (e.g. the
+// centroids), `epochs` of full-batch Adam on the cross-entropy of
+//   softmax_i(cos(question, key_i) / temperature)
+// against each question's head, keys kept unit length. The teacher then
+// routes with keys that separate neighbouring clusters instead of their
+// means. Deterministic; InputError on mismatched shapes or heads.
+struct KeyLearningOptions {
+  std::size_t epochs = 100;
+  float lr = 0.002f;
+};
+struct KeyLearningReport {
+  std::size_t epochs = 0;
+  double initial_loss = 0, final_loss = 0;          // mean cross-entropy on the questions
+  double initial_accuracy = 0, final_accuracy = 0;  // share routed to their own head
+};
+KeyLearningReport learn_keys(Matrix& keys, const Matrix& questions, const std::vector<std::size_t>& head_of_question,
+                             float temperature, const KeyLearningOptions& options = {});
+
 // Scales every row to unit L2 norm in place. Throws InputError naming the row
 // (with `what` as the kind of row, e.g. "query") when a row is zero or not finite.
 void normalize_rows(Matrix& m, std::string_view what);

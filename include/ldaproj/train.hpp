@@ -13,6 +13,10 @@ struct TeacherTrainOptions {
   std::string name;  // empty: "multi_head_<model>"
   float temperature = kDefaultTemperature;
   CentroidMethod centroid_method = CentroidMethod::Mean;
+  // > 0: after the centroids, learn discriminative keys for that many epochs
+  // (learn_keys at `temperature`); 0 keeps the centroids.
+  std::size_t key_epochs = 0;
+  float key_lr = KeyLearningOptions{}.lr;
 };
 
 struct TeacherTrainReport {
@@ -21,6 +25,7 @@ struct TeacherTrainReport {
   std::size_t heads = 0;
   std::size_t questions = 0;
   std::vector<std::string> warnings;  // e.g. clusters skipped for lack of questions
+  KeyLearningReport keys;             // epochs == 0 when keys were not learned
 };
 
 // Builds the heads for every cluster that has question and answer embeddings

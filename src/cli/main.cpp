@@ -85,8 +85,17 @@ struct TeacherFlags {
   std::size_t route_k = 64;
   std::size_t top_domains = 0;
   std::size_t approximate_answers_from = SearcherOptions{}.approximate_answers_from;
+  float question_temperature = kDefaultQuestionTemperature;
+  std::size_t question_neighbors = kDefaultQuestionNeighbors;
 
   void add_to(CLI::App& cmd) {
+    cmd.add_option("--question-temperature", question_temperature,
+                   "question-routing: softmax temperature over the similarities to the training questions")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    cmd.add_option("--question-neighbors", question_neighbors,
+                   "question-routing: nearest training questions that share the weight (0: all)")
+        ->capture_default_str();
     cmd.add_option("--route-k", route_k,
                    "sparse-teacher: route each query over this many nearest heads (HNSW over the centroids)")
         ->capture_default_str()
@@ -150,7 +159,8 @@ std::string method_key(Method m) {
 }
 
 json metrics_json(const RetrievalMetrics& m) {
-  return {{"recall_at_1", m.recall_at_1}, {"recall_at_5", m.recall_at_5}, {"mrr_at_10", m.mrr_at_10}};
+  return {{"recall_at_1", m.recall_at_1}, {"recall_at_5", m.recall_at_5}, {"mrr_at_10", m.mrr_at_10},
+          {"ndcg_at_10", m.ndcg_at_10}};
 }
 
 std::vector<float> parse_float_list(const std::string& text, const char* flag) {
@@ -283,19 +293,27 @@ int run_embed(const std::string& db, const EncoderFlags& flags, std::size_t batc
 
 // ---------------------------------------------------------------- train
 int run_train(const std::string& db, const std::string& embedding_model, float temperature,
-              const std::string& name, const std::string& centroid) {
+              const std::string& name, const std::string& centroid, std::size_t key_epochs, float key_lr) {
   require_existing_db(db);
   Store store = Store::open(db);
   TeacherTrainOptions options;
   options.temperature = temperature;
   options.name = name;
   options.centroid_method = parse_centroid_method(centroid);
+  options.key_epochs = key_epochs;
+  options.key_lr = key_lr;
   const std::string model = pick_embedding_model(store, embedding_model);
   const TeacherTrainReport r = train_teacher(store, model, options);
   for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   std::printf("trained projection \"%s\": %zu heads from %zu questions, %s centroids, "
               "temperature %g, model %s (now active)\n",
               r.name.c_str(), r.heads, r.questions, centroid.c_str(), temperature, model.c_str());
+  if (r.keys.epochs > 0) {
+    std::printf("  learned keys: %zu epochs, training questions routed to their own head %.1f%% -> %.1f%%, "
+                "cross-entropy %.4f -> %.4f\n",
+                r.keys.epochs, 100 * r.keys.initial_accuracy, 100 * r.keys.final_accuracy, r.keys.initial_loss,
+                r.keys.final_loss);
+  }
   return 0;
 }
 
@@ -436,6 +454,7 @@ struct QueryFlags {
   std::optional<float> temperature;
   std::string projection;
   std::size_t routing_top = 8;
+  std::optional<float> reject_below;
 };
 
 std::string bar(float fraction, int width) {
@@ -468,18 +487,28 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
   options.routing_top = (f.show_routing || f.as_json) ? f.routing_top : 0;
   options.route_k = teacher.route_k;
   options.top_domains = teacher.top_domains;
+  options.question_temperature = teacher.question_temperature;
+  options.question_neighbors = teacher.question_neighbors;
+  options.reject_below = f.reject_below;
   const auto results = searcher.search(encoder.encode(texts), options);
+  const float shown_temperature = options.method == Method::QuestionRouting
+                                      ? options.question_temperature
+                                      : options.temperature.value_or(searcher.temperature());
 
   for (std::size_t i = 0; i < texts.size(); ++i) {
     const QueryResult& r = results[i];
     if (f.as_json) {
       json out{{"query", texts[i]}, {"method", to_string(options.method)}, {"answers", json::array()}};
+      if (f.reject_below) {
+        out["confidence"] = r.confidence;
+        out["rejected"] = r.rejected;
+      }
       for (const auto& a : r.answers) {
         out["answers"].push_back({{"cluster", a.cluster}, {"answer_id", a.answer_id},
                                   {"score", a.score}, {"text", a.text}});
       }
       if (!r.routing.empty()) {
-        out["temperature"] = options.temperature.value_or(searcher.temperature());
+        out["temperature"] = shown_temperature;
         out["routing"] = json::array();
         for (const auto& h : r.routing) {
           out["routing"].push_back({{"cluster", h.cluster}, {"weight", h.weight}, {"similarity", h.similarity}});
@@ -490,13 +519,17 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
       continue;
     }
     std::printf("query: %s\n", texts[i].c_str());
+    if (r.rejected) {
+      std::printf("  no answer: out of scope (confidence %.3f < %g)\n", r.confidence, *f.reject_below);
+    } else if (f.reject_below) {
+      std::printf("  (confidence %.3f >= %g)\n", r.confidence, *f.reject_below);
+    }
     for (std::size_t k = 0; k < r.answers.size(); ++k) {
       const auto& a = r.answers[k];
       std::printf("  %zu. [%.3f] %s\n     %s\n", k + 1, a.score, a.cluster.c_str(), a.text.c_str());
     }
     if (f.show_routing && !r.routing.empty()) {
-      std::printf("  routing (temperature %g, top %zu of %zu heads):\n",
-                  options.temperature.value_or(searcher.temperature()), r.routing.size(),
+      std::printf("  routing (temperature %g, top %zu of %zu heads):\n", shown_temperature, r.routing.size(),
                   searcher.num_heads());
       std::size_t width = 0;
       for (const auto& h : r.routing) width = std::max(width, h.cluster.size());
@@ -505,7 +538,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
                     bar(h.weight, 30).c_str(), h.weight, h.similarity);
       }
     } else if (f.show_routing) {
-      std::printf("  (routing is shown for --method multi-head only)\n");
+      std::printf("  (routing is shown for --method multi-head, sparse-teacher and question-routing only)\n");
     }
     std::printf("\n");
   }
@@ -513,38 +546,119 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
 }
 
 // ---------------------------------------------------------------- validate
-int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFlags& teacher,
-                 const std::string& test_file,
-                 std::optional<float> temperature, const std::string& sweep, bool as_json,
-                 const std::string& projection, const std::string& methods_flag) {
-  require_existing_db(db);
-  const std::vector<LabeledQuery> tests = read_test_queries(test_file);
-  Store store = Store::open(db);
-  const Searcher searcher = Searcher::load(store, projection, teacher.options(enc));
-  const Encoder encoder = enc.load();
-  if (encoder.model_name() != searcher.model_name()) {
-    throw InputError("the projection was trained on " + searcher.model_name() +
-                     " embeddings but the encoder is " + encoder.model_name());
+struct ValidateFlags {
+  std::string test_file, sweep, sweep_question, sweep_route_k, methods, projection, reject_below, cache;
+  std::optional<float> temperature;
+  bool as_json = false, choose_reject = false;
+};
+
+// --reject-below: one threshold for every method ("0.5") or per method
+// ("multi-head=0.5,question-routing=0.8"); a bare number is the default.
+struct RejectThresholds {
+  std::optional<float> fallback;
+  std::map<Method, float> per_method;
+  std::optional<float> for_method(Method m) const {
+    auto it = per_method.find(m);
+    return it != per_method.end() ? std::optional<float>(it->second) : fallback;
   }
+  bool any() const { return fallback || !per_method.empty(); }
+};
+
+RejectThresholds parse_reject_thresholds(const std::string& text) {
+  RejectThresholds out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto eq = item.find('=');
+    const std::string value = eq == std::string::npos ? item : item.substr(eq + 1);
+    float v = 0;
+    try {
+      std::size_t used = 0;
+      v = std::stof(value, &used);
+      if (used != value.size() || !std::isfinite(v)) throw std::invalid_argument(value);
+    } catch (const std::exception&) {
+      throw InputError("--reject-below: \"" + item + "\" is not a number or METHOD=number");
+    }
+    if (eq == std::string::npos) {
+      out.fallback = v;
+    } else {
+      out.per_method[parse_method(item.substr(0, eq))] = v;
+    }
+  }
+  return out;
+}
+
+std::vector<std::size_t> parse_count_list(const std::string& text, const char* flag) {
+  std::vector<std::size_t> values;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      std::size_t used = 0;
+      const long long v = std::stoll(item, &used);
+      if (used != item.size() || v < 0) throw std::invalid_argument(item);
+      values.push_back(static_cast<std::size_t>(v));
+    } catch (const std::exception&) {
+      throw InputError(std::string(flag) + ": \"" + item + "\" is not a count");
+    }
+  }
+  if (values.empty()) throw InputError(std::string(flag) + ": give a comma-separated list, e.g. 4,16,64");
+  return values;
+}
+
+json rejection_json(const RejectionMetrics& r) {
+  json threshold = std::isfinite(r.threshold) ? json(r.threshold) : json(nullptr);
+  return {{"threshold", threshold}, {"in_scope_accuracy", r.in_scope_accuracy},
+          {"out_of_scope_recall", r.out_of_scope_recall}, {"in_scope_rejected", r.in_scope_rejected}};
+}
+
+int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFlags& teacher, const ValidateFlags& f) {
+  require_existing_db(db);
+  const std::vector<LabeledQuery> tests = read_test_queries(f.test_file);
+  const RejectThresholds reject = parse_reject_thresholds(f.reject_below);
+  Store store = Store::open(db);
+  const Searcher searcher = Searcher::load(store, f.projection, teacher.options(enc));
   std::set<std::string> known;
   for (const Cluster& c : store.clusters()) known.insert(c.external_id);
   std::vector<std::string> texts, expected;
-  std::size_t unknown = 0;
+  std::size_t unknown = 0, out_of_scope = 0;
   std::string unknown_example;
   for (const auto& t : tests) {
     texts.push_back(t.text);
     expected.push_back(t.cluster);
-    if (!known.count(t.cluster)) {
+    if (t.out_of_scope()) {
+      ++out_of_scope;
+    } else if (!known.count(t.cluster)) {
       ++unknown;
       if (unknown_example.empty()) unknown_example = t.cluster;
     }
   }
   if (unknown > 0) {
     std::fprintf(stderr, "warning: %s: %zu test queries name clusters that are not in the store "
-                 "(e.g. \"%s\"); they count as misses\n", test_file.c_str(), unknown, unknown_example.c_str());
+                 "(e.g. \"%s\"); they count as misses\n", f.test_file.c_str(), unknown, unknown_example.c_str());
   }
-  const Matrix queries = encoder.encode(texts);
-  const float tau = temperature.value_or(searcher.temperature());
+  if (out_of_scope == tests.size()) {
+    throw InputError(f.test_file + ": every query is out of scope; retrieval needs in-scope queries too");
+  }
+  if (f.choose_reject && out_of_scope == 0) {
+    throw InputError("--choose-reject-threshold needs out-of-scope queries ({\"query\", \"out_of_scope\": true} "
+                     "lines) in " + f.test_file);
+  }
+  std::optional<Matrix> cached;
+  if (!f.cache.empty()) cached = read_query_embedding_cache(f.cache, searcher.model_name(), texts);
+  Matrix queries;
+  if (cached) {
+    queries = std::move(*cached);
+  } else {
+    const Encoder encoder = enc.load();
+    if (encoder.model_name() != searcher.model_name()) {
+      throw InputError("the projection was trained on " + searcher.model_name() +
+                       " embeddings but the encoder is " + encoder.model_name());
+    }
+    queries = encoder.encode(texts);
+    if (!f.cache.empty()) write_query_embedding_cache(f.cache, searcher.model_name(), texts, queries);
+  }
+  const float tau = f.temperature.value_or(searcher.temperature());
   std::optional<double> answer_recall;
   if (searcher.answer_index_is_approximate()) {
     Matrix unit = queries;
@@ -553,40 +667,65 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   }
 
   std::vector<Method> methods;
-  if (methods_flag.empty()) {
+  if (f.methods.empty()) {
     for (Method m : kAllMethods)
       if ((m != Method::Student || searcher.has_student()) && (m != Method::Ensemble || searcher.has_ensemble()))
         methods.push_back(m);
   } else {
-    std::stringstream ss(methods_flag);
+    std::stringstream ss(f.methods);
     std::string m;
     while (std::getline(ss, m, ',')) methods.push_back(parse_method(m));
   }
 
-  json out{{"queries", tests.size()}, {"temperature", tau}, {"projection", searcher.projection_name()},
-           {"methods", json::object()}};
-  std::vector<std::pair<Method, RetrievalMetrics>> table;
+  const bool rejection = out_of_scope > 0 || reject.any();
+  json out{{"queries", tests.size()}, {"in_scope_queries", tests.size() - out_of_scope},
+           {"out_of_scope_queries", out_of_scope}, {"temperature", tau},
+           {"question_temperature", teacher.question_temperature},
+           {"question_neighbors", teacher.question_neighbors}, {"route_k", teacher.route_k},
+           {"projection", searcher.projection_name()}, {"methods", json::object()}};
+  struct Row {
+    Method method;
+    RetrievalMetrics metrics;
+    std::optional<RejectionMetrics> fixed, chosen;
+  };
+  std::vector<Row> table;
   std::map<Method, Agreement> agreements;  // student and ensemble vs the teacher
-  for (Method m : methods) {
+  auto base_options = [&](Method m) {
     SearchOptions options;
     options.method = m;
     options.top_k = 10;
     options.temperature = tau;
     options.route_k = teacher.route_k;
     options.top_domains = teacher.top_domains;
+    options.question_temperature = teacher.question_temperature;
+    options.question_neighbors = teacher.question_neighbors;
+    // Retrieval metrics rank every query; rejection is scored from the confidence.
+    options.include_confidence = rejection;
+    return options;
+  };
+  for (Method m : methods) {
+    const SearchOptions options = base_options(m);
     const auto results = searcher.search(queries, options);
-    const RetrievalMetrics metrics = score_results(results, expected);
-    table.emplace_back(m, metrics);
-    out["methods"][method_key(m)] = metrics_json(metrics);
+    Row row{m, score_results(results, expected), std::nullopt, std::nullopt};
+    json& entry = out["methods"][method_key(m)];
+    entry = metrics_json(row.metrics);
+    if (auto threshold = reject.for_method(m)) {
+      row.fixed = score_rejection(results, expected, *threshold);
+      entry["rejection"] = rejection_json(*row.fixed);
+    }
+    if (f.choose_reject) {
+      row.chosen = choose_rejection_threshold(results, expected);
+      entry["chosen_rejection"] = rejection_json(*row.chosen);
+    }
+    table.push_back(row);
     if (m == Method::SparseTeacher && !results.empty()) {
       double mean = 0, worst = 0;
       for (const QueryResult& r : results) {
         mean += r.uncovered_mass_bound;
         worst = std::max(worst, double(r.uncovered_mass_bound));
       }
-      out["methods"][method_key(m)]["route_k"] = teacher.route_k;
-      out["methods"][method_key(m)]["uncovered_mass_bound"] = {{"mean", mean / double(results.size())},
-                                                               {"max", worst}};
+      entry["route_k"] = teacher.route_k;
+      entry["uncovered_mass_bound"] = {{"mean", mean / double(results.size())}, {"max", worst}};
     }
     if (m == Method::Student || m == Method::Ensemble) {
       // Against the teacher it was distilled from: the projection's own temperature.
@@ -598,52 +737,97 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
       const Agreement a = agreement(projected, teacher_projected, results,
                                     searcher.rank(teacher_projected, options.top_k));
       agreements[m] = a;
-      json& entry = out["methods"][method_key(m)];
       entry["agreement"] = {{"top10_overlap", a.top10_overlap}, {"mean_cosine", a.mean_cosine},
                             {"min_cosine", a.min_cosine}};
       entry["parameters"] = m == Method::Student ? searcher.student_parameters() : searcher.ensemble_parameters();
     }
   }
-  std::vector<std::pair<float, RetrievalMetrics>> sweep_rows;
-  if (!sweep.empty()) {
-    out["sweep"] = json::array();
-    for (float t : parse_float_list(sweep, "--sweep-temperature")) {
-      SearchOptions options;
-      options.top_k = 10;
+  struct SweepRow {
+    std::string method, setting;
+    RetrievalMetrics metrics;
+  };
+  std::vector<SweepRow> sweep_rows;
+  auto sweep_one = [&](const SearchOptions& options, const std::string& setting, json row) {
+    const RetrievalMetrics metrics = score_results(searcher.search(queries, options), expected);
+    sweep_rows.push_back({std::string(to_string(options.method)), setting, metrics});
+    json r = metrics_json(metrics);
+    r.update(row);
+    out["sweep"].push_back(r);
+  };
+  if (!f.sweep.empty() || !f.sweep_question.empty() || !f.sweep_route_k.empty()) out["sweep"] = json::array();
+  if (!f.sweep.empty()) {
+    for (float t : parse_float_list(f.sweep, "--sweep-temperature")) {
+      SearchOptions options = base_options(Method::MultiHead);
       options.temperature = t;
-      const RetrievalMetrics metrics = score_results(searcher.search(queries, options), expected);
-      sweep_rows.emplace_back(t, metrics);
-      json row = metrics_json(metrics);
-      row["temperature"] = t;
-      out["sweep"].push_back(row);
+      sweep_one(options, "temperature " + fixed(t, 4), {{"method", "multi-head"}, {"temperature", t}});
+    }
+  }
+  if (!f.sweep_route_k.empty()) {
+    for (std::size_t k : parse_count_list(f.sweep_route_k, "--sweep-route-k")) {
+      SearchOptions options = base_options(Method::SparseTeacher);
+      options.route_k = std::max<std::size_t>(k, 1);
+      sweep_one(options, "route-k " + std::to_string(options.route_k),
+                {{"method", "sparse-teacher"}, {"temperature", tau}, {"route_k", options.route_k}});
+    }
+  }
+  if (!f.sweep_question.empty()) {
+    for (float t : parse_float_list(f.sweep_question, "--sweep-question-temperature")) {
+      SearchOptions options = base_options(Method::QuestionRouting);
+      options.question_temperature = t;
+      sweep_one(options, "question temperature " + fixed(t, 4),
+                {{"method", "question-routing"}, {"question_temperature", t},
+                 {"question_neighbors", teacher.question_neighbors}});
     }
   }
   if (answer_recall) out["answer_index"] = {{"kind", "hnsw"}, {"recall_at_10", *answer_recall}};
-  if (as_json) {
+  if (f.as_json) {
     std::cout << out.dump() << "\n";
     return 0;
   }
-  std::printf("%zu held-out queries, projection \"%s\" (%zu heads), temperature %g\n", tests.size(),
-              searcher.projection_name().c_str(), searcher.num_heads(), tau);
+  std::printf("%zu held-out queries", tests.size());
+  if (out_of_scope > 0) std::printf(" (%zu out of scope)", out_of_scope);
+  std::printf(", projection \"%s\" (%zu heads), temperature %g\n", searcher.projection_name().c_str(),
+              searcher.num_heads(), tau);
   if (answer_recall) {
     std::printf("answers searched through an HNSW graph: recall@10 %.3f against exact search\n", *answer_recall);
   }
   std::printf("\n");
-  std::printf("  %-15s %8s %8s %8s\n", "method", "R@1", "R@5", "MRR@10");
-  for (const auto& [m, r] : table) {
-    std::printf("  %-15s %8s %8s %8.3f\n", std::string(to_string(m)).c_str(),
-                percent(r.recall_at_1).c_str(), percent(r.recall_at_5).c_str(), r.mrr_at_10);
+  std::printf("  %-17s %8s %8s %8s %8s\n", "method", "R@1", "R@5", "MRR@10", "nDCG@10");
+  for (const Row& row : table) {
+    const RetrievalMetrics& r = row.metrics;
+    std::printf("  %-17s %8s %8s %8.3f %8.3f\n", std::string(to_string(row.method)).c_str(),
+                percent(r.recall_at_1).c_str(), percent(r.recall_at_5).c_str(), r.mrr_at_10, r.ndcg_at_10);
   }
+  auto print_rejection = [](const char* title, const std::vector<Row>& rows, bool chosen) {
+    bool header = false;
+    for (const Row& row : rows) {
+      const auto& r = chosen ? row.chosen : row.fixed;
+      if (!r) continue;
+      if (!header) {
+        std::printf("\n  %s\n  %-17s %10s %12s %12s %12s\n", title, "method", "threshold", "in-scope acc",
+                    "OOS recall", "in-scope rej");
+        header = true;
+      }
+      std::printf("  %-17s %10.4f %12s %12s %12s\n", std::string(to_string(row.method)).c_str(), r->threshold,
+                  percent(r->in_scope_accuracy).c_str(), percent(r->out_of_scope_recall).c_str(),
+                  percent(r->in_scope_rejected).c_str());
+    }
+  };
+  print_rejection("out-of-scope rejection (--reject-below):", table, false);
+  print_rejection("out-of-scope rejection, threshold chosen on this file (max in-scope acc + OOS recall):", table,
+                  true);
   for (const auto& [m, a] : agreements) {
     std::printf("\n  %s vs teacher (temperature %g): top-10 overlap %s, cosine mean %.4f, min %.4f\n",
                 std::string(to_string(m)).c_str(), searcher.temperature(), percent(a.top10_overlap).c_str(),
                 a.mean_cosine, a.min_cosine);
   }
   if (!sweep_rows.empty()) {
-    std::printf("\n  multi-head over temperature:\n  %-12s %8s %8s %8s\n", "temperature", "R@1", "R@5", "MRR@10");
-    for (const auto& [t, r] : sweep_rows) {
-      std::printf("  %-12g %8s %8s %8.3f\n", t, percent(r.recall_at_1).c_str(),
-                  percent(r.recall_at_5).c_str(), r.mrr_at_10);
+    std::printf("\n  sweep:\n  %-17s %-26s %8s %8s %8s %8s\n", "method", "setting", "R@1", "R@5", "MRR@10",
+                "nDCG@10");
+    for (const SweepRow& row : sweep_rows) {
+      const RetrievalMetrics& r = row.metrics;
+      std::printf("  %-17s %-26s %8s %8s %8.3f %8.3f\n", row.method.c_str(), row.setting.c_str(),
+                  percent(r.recall_at_1).c_str(), percent(r.recall_at_5).c_str(), r.mrr_at_10, r.ndcg_at_10);
     }
   }
   return 0;
@@ -857,6 +1041,14 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--centroid", centroid, "Centroid of a head's questions: mean or reweighted")
       ->capture_default_str()->check(CLI::IsMember({"mean", "reweighted"}));
   train_cmd->add_option("--embedding-model", embedding_model, "Embedding model name when the store holds several");
+  std::size_t key_epochs = 0;
+  float key_lr = ldaproj::KeyLearningOptions{}.lr;
+  train_cmd->add_option("--learn-keys", key_epochs,
+                        "Epochs of discriminative key learning after the centroids (cross-entropy of the routing "
+                        "softmax on the training questions; 0: plain centroids)")
+      ->capture_default_str();
+  train_cmd->add_option("--key-lr", key_lr, "Adam learning rate for --learn-keys")->capture_default_str()
+      ->check(CLI::PositiveNumber);
 
   DistillFlags df;
   auto* distill_cmd = app.add_subcommand("distill", "Distil the teacher into a student transformer with learned keys/values");
@@ -929,7 +1121,12 @@ int main(int argc, char** argv) {
   enc.add_to(*query_cmd);
   TeacherFlags teacher;
   teacher.add_to(*query_cmd);
-  query_cmd->add_option("--method", qf.method, "multi-head, student, ensemble, sparse-teacher, direct or global-w")->capture_default_str();
+  query_cmd->add_option("--method", qf.method,
+                        "multi-head, question-routing, student, ensemble, sparse-teacher, direct or global-w")
+      ->capture_default_str();
+  query_cmd->add_option("--reject-below", qf.reject_below,
+                        "Out-of-scope rejection: no answer when the query's confidence (largest cosine to a "
+                        "head's centroid; to a training question for question-routing) is below this");
   query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(CLI::PositiveNumber);
   query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(CLI::PositiveNumber);
   query_cmd->add_option("--projection", qf.projection, "Projection name (default: the active one)");
@@ -938,23 +1135,37 @@ int main(int argc, char** argv) {
   query_cmd->add_flag("--json", qf.as_json, "One JSON object per query");
   query_cmd->add_option("text", query_texts, "Query texts")->required();
 
-  std::string test_file, sweep, methods;
-  std::optional<float> validate_temperature;
-  bool validate_json = false;
-  std::string validate_projection;
-  auto* validate_cmd = app.add_subcommand("validate", "Recall@1, Recall@5 and MRR@10 on held-out queries for every method");
+  ValidateFlags vf;
+  auto* validate_cmd = app.add_subcommand(
+      "validate", "Recall@1, Recall@5, MRR@10, nDCG@10 (and out-of-scope rejection) on held-out queries for every method");
   add_db(validate_cmd);
   enc.add_to(*validate_cmd);
   teacher.add_to(*validate_cmd);
-  validate_cmd->add_option("--test", test_file, "Held-out file: {\"clusters\":[{\"id\",\"queries\":{\"novel\":[...]}}]} or JSONL {\"query\",\"cluster\"}")
+  validate_cmd->add_option("--test", vf.test_file,
+                           "Held-out file: {\"clusters\":[{\"id\",\"queries\":{\"novel\":[...]}}]} or JSONL "
+                           "{\"query\",\"cluster\"} / {\"query\",\"out_of_scope\":true}")
       ->required()->check(CLI::ExistingFile);
-  validate_cmd->add_option("--temperature", validate_temperature, "Temperature for multi-head (default: the projection's)")->check(CLI::PositiveNumber);
-  validate_cmd->add_option("--sweep-temperature", sweep, "Comma-separated temperatures, e.g. 0.01,0.05,0.1,0.5,1");
-  validate_cmd->add_option("--methods", methods,
-                           "Comma-separated subset of direct,global-w,multi-head,sparse-teacher,student,ensemble "
-                           "(default: all; student and ensemble when trained, with their agreement with the teacher)");
-  validate_cmd->add_option("--projection", validate_projection, "Projection name (default: the active one)");
-  validate_cmd->add_flag("--json", validate_json, "Print one JSON object");
+  validate_cmd->add_option("--temperature", vf.temperature, "Temperature for multi-head and sparse-teacher (default: the projection's)")
+      ->check(CLI::PositiveNumber);
+  validate_cmd->add_option("--sweep-temperature", vf.sweep, "multi-head at each of these temperatures, e.g. 0.01,0.05,0.1,0.5,1");
+  validate_cmd->add_option("--sweep-route-k", vf.sweep_route_k, "sparse-teacher with each of these --route-k, e.g. 2,4,8,64");
+  validate_cmd->add_option("--sweep-question-temperature", vf.sweep_question,
+                           "question-routing at each of these question temperatures, e.g. 0.01,0.02,0.05");
+  validate_cmd->add_option("--methods", vf.methods,
+                           "Comma-separated subset of direct,global-w,multi-head,sparse-teacher,question-routing,student,"
+                           "ensemble (default: all; student and ensemble when trained, with their agreement with the teacher)");
+  validate_cmd->add_option("--reject-below", vf.reject_below,
+                           "Out-of-scope rejection threshold on the confidence: X for every method or "
+                           "METHOD=X,... ; reports in-scope accuracy and out-of-scope recall");
+  validate_cmd->add_flag("--choose-reject-threshold", vf.choose_reject,
+                         "Per method, the threshold that maximises in-scope accuracy + out-of-scope recall on this "
+                         "file (run it on a validation split; needs out-of-scope queries)");
+  validate_cmd->add_option("--embedding-cache", vf.cache,
+                           "File caching the held-out queries' embeddings (re-encoded when the texts or model change)");
+  validate_cmd->add_option("--projection", vf.projection, "Projection name (default: the active one)");
+  validate_cmd->add_flag("--json", vf.as_json, "Print one JSON object");
+  validate_cmd->footer("R@k, MRR@10 and nDCG@10 count in-scope queries and ignore rejection; out-of-scope queries\n"
+                       "only enter the rejection metrics (the CLINC150 paper's in-scope accuracy and OOS recall).");
 
   bool stats_json = false;
   auto* stats_cmd = app.add_subcommand("stats", "Summarise the store");
@@ -1024,14 +1235,13 @@ int main(int argc, char** argv) {
     if (*distill_cmd) return run_distill(db, df);
     if (*export_cmd) return run_export(db, export_projection, export_out, export_ensemble);
     if (*embed_cmd) return run_embed(db, enc, embed_batch, quiet);
-    if (*train_cmd) return run_train(db, embedding_model, temperature, name, centroid);
+    if (*train_cmd) return run_train(db, embedding_model, temperature, name, centroid, key_epochs, key_lr);
     if (*query_cmd) {
       qf.temperature = query_temperature;
       return run_query(db, enc, teacher, qf, query_texts);
     }
     if (*validate_cmd) {
-      return run_validate(db, enc, teacher, test_file, validate_temperature, sweep, validate_json,
-                          validate_projection, methods);
+      return run_validate(db, enc, teacher, vf);
     }
     if (*stats_cmd) return run_stats(db, stats_json);
     if (*encode_cmd) return run_encode(enc, encode_json, encode_texts);

@@ -1,7 +1,9 @@
-// Held-out test files and retrieval metrics (Recall@1, Recall@5, MRR@10).
+// Held-out test files, retrieval metrics (Recall@1, Recall@5, MRR@10,
+// nDCG@10) and out-of-scope rejection metrics.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -98,7 +100,20 @@ std::vector<LabeledQuery> read_test_queries(const std::filesystem::path& path) {
                        "{\"clusters\": [...]} document");
     }
     if (!record.is_object()) throw InputError(where + ": expected a JSON object");
-    out.push_back({require_string(record, "query", where), require_string(record, "cluster", where)});
+    const std::string& text = require_string(record, "query", where);
+    if (auto oos = record.find("out_of_scope"); oos != record.end()) {
+      if (!oos->is_boolean()) {
+        throw InputError(where + ": field \"out_of_scope\": expected true or false, got " + kind_of(*oos));
+      }
+      if (oos->get<bool>()) {
+        if (record.contains("cluster")) {
+          throw InputError(where + ": an out-of-scope query has no \"cluster\"; drop one of the two fields");
+        }
+        out.push_back({text, ""});
+        continue;
+      }
+    }
+    out.push_back({text, require_string(record, "cluster", where)});
   }
   if (out.empty()) throw InputError(file + ": no test queries found");
   return out;
@@ -111,23 +126,111 @@ RetrievalMetrics score_results(const std::vector<QueryResult>& results,
                 std::to_string(expected.size()) + " expected clusters");
   }
   RetrievalMetrics m;
-  m.queries = results.size();
-  if (m.queries == 0) return m;
   for (std::size_t i = 0; i < results.size(); ++i) {
+    if (expected[i].empty()) continue;  // out of scope: no cluster to find
+    ++m.queries;
     const auto& answers = results[i].answers;
     for (std::size_t rank = 0; rank < answers.size() && rank < 10; ++rank) {
       if (answers[rank].cluster != expected[i]) continue;
       if (rank < 1) m.recall_at_1 += 1;
       if (rank < 5) m.recall_at_5 += 1;
       m.mrr_at_10 += 1.0 / static_cast<double>(rank + 1);
+      m.ndcg_at_10 += 1.0 / std::log2(static_cast<double>(rank + 2));
       break;
     }
   }
+  if (m.queries == 0) return m;
   const auto n = static_cast<double>(m.queries);
   m.recall_at_1 /= n;
   m.recall_at_5 /= n;
   m.mrr_at_10 /= n;
+  m.ndcg_at_10 /= n;
   return m;
+}
+
+RejectionMetrics score_rejection(const std::vector<QueryResult>& results, const std::vector<std::string>& expected,
+                                 float threshold) {
+  if (results.size() != expected.size()) {
+    throw Error("score_rejection: " + std::to_string(results.size()) + " results for " +
+                std::to_string(expected.size()) + " expected clusters");
+  }
+  RejectionMetrics m;
+  m.threshold = threshold;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const QueryResult& r = results[i];
+    const bool rejected = r.rejected || r.confidence < threshold;
+    if (expected[i].empty()) {
+      ++m.out_of_scope;
+      if (rejected) m.out_of_scope_recall += 1;
+    } else {
+      ++m.in_scope;
+      if (rejected) {
+        m.in_scope_rejected += 1;
+      } else if (!r.answers.empty() && r.answers.front().cluster == expected[i]) {
+        m.in_scope_accuracy += 1;
+      }
+    }
+  }
+  if (m.in_scope > 0) {
+    m.in_scope_accuracy /= static_cast<double>(m.in_scope);
+    m.in_scope_rejected /= static_cast<double>(m.in_scope);
+  }
+  if (m.out_of_scope > 0) m.out_of_scope_recall /= static_cast<double>(m.out_of_scope);
+  return m;
+}
+
+RejectionMetrics choose_rejection_threshold(const std::vector<QueryResult>& results,
+                                            const std::vector<std::string>& expected) {
+  if (results.size() != expected.size()) {
+    throw Error("choose_rejection_threshold: " + std::to_string(results.size()) + " results for " +
+                std::to_string(expected.size()) + " expected clusters");
+  }
+  const auto out_of_scope = static_cast<std::size_t>(std::count(expected.begin(), expected.end(), std::string()));
+  if (out_of_scope == 0 || out_of_scope == expected.size()) {
+    throw InputError("choosing a rejection threshold needs both in-scope and out-of-scope queries "
+                     "({\"query\", \"out_of_scope\": true} lines in the held-out file)");
+  }
+  // Candidates: rejecting nothing, and each confidence (a query is kept when
+  // its confidence is >= the threshold, so a candidate keeps that query).
+  std::vector<float> candidates{-std::numeric_limits<float>::infinity()};
+  for (const QueryResult& r : results) candidates.push_back(r.confidence);
+  std::sort(candidates.begin(), candidates.end());
+  candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  // One pass over the sorted confidences instead of rescoring per candidate.
+  std::vector<std::size_t> order(results.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return results[a].confidence < results[b].confidence; });
+  const double in_scope = static_cast<double>(expected.size() - out_of_scope);
+  double correct_kept = 0, oos_rejected = 0;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (results[i].rejected) {
+      if (expected[i].empty()) oos_rejected += 1;
+    } else if (!expected[i].empty() && !results[i].answers.empty() &&
+               results[i].answers.front().cluster == expected[i]) {
+      correct_kept += 1;
+    }
+  }
+  double best = -1;
+  float best_threshold = candidates.front();
+  std::size_t next = 0;  // queries below the current candidate have been moved to "rejected"
+  for (float t : candidates) {
+    for (; next < order.size() && results[order[next]].confidence < t; ++next) {
+      const std::size_t i = order[next];
+      if (results[i].rejected) continue;
+      if (expected[i].empty()) {
+        oos_rejected += 1;
+      } else if (!results[i].answers.empty() && results[i].answers.front().cluster == expected[i]) {
+        correct_kept -= 1;
+      }
+    }
+    const double objective = correct_kept / in_scope + oos_rejected / static_cast<double>(out_of_scope);
+    if (objective > best + 1e-12) {
+      best = objective;
+      best_threshold = t;
+    }
+  }
+  return score_rejection(results, expected, best_threshold);
 }
 
 Agreement agreement(const Matrix& student, const Matrix& teacher, const std::vector<QueryResult>& student_results,

@@ -1,13 +1,16 @@
 // Loads a trained projection, its student and the answer corpus from the
 // store and answers query embeddings by any method (multi-head, student,
-// ensemble, sparse-teacher, direct, global-w).
+// ensemble, sparse-teacher, question-routing, direct, global-w), with
+// optional out-of-scope rejection by confidence.
 #include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <numeric>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/gemm.hpp"
 #include "ldaproj/ensemble.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/index.hpp"
@@ -25,6 +28,7 @@ std::string_view to_string(Method method) {
     case Method::SparseTeacher: return "sparse-teacher";
     case Method::Student: return "student";
     case Method::Ensemble: return "ensemble";
+    case Method::QuestionRouting: return "question-routing";
   }
   return "?";
 }
@@ -38,8 +42,9 @@ Method parse_method(std::string_view name) {
   if (n == "sparse-teacher" || n == "sparse") return Method::SparseTeacher;
   if (n == "student") return Method::Student;
   if (n == "ensemble") return Method::Ensemble;
+  if (n == "question-routing" || n == "questions") return Method::QuestionRouting;
   throw InputError("unknown method \"" + std::string(name) +
-                   "\"; expected multi-head, student, ensemble, sparse-teacher, direct or global-w");
+                   "\"; expected multi-head, student, ensemble, sparse-teacher, question-routing, direct or global-w");
 }
 
 struct Searcher::Impl {
@@ -56,6 +61,13 @@ struct Searcher::Impl {
   std::size_t max_answers_per_cluster = 1;
   std::unordered_map<std::int64_t, std::string> cluster_names;
 
+  // question-routing loads every (unit) question embedding on first use,
+  // with the head each belongs to.
+  mutable std::once_flag questions_once;
+  mutable Matrix question_vectors;
+  mutable std::vector<std::size_t> question_head;
+  mutable Matrix head_answers;  // the teacher's answers as one matrix
+
   // global-w is fitted on first use: it needs every question embedding.
   const Store* store = nullptr;
   std::int64_t model_id = 0;
@@ -69,6 +81,88 @@ struct Searcher::Impl {
   const SparseMultiHeadProjection& sparse() const {
     std::call_once(sparse_once, [this] { sparse_teacher = std::make_unique<SparseMultiHeadProjection>(teacher); });
     return *sparse_teacher;
+  }
+
+  void load_questions() const {
+    std::call_once(questions_once, [this] {
+      const EmbeddingSet q = store->embeddings(model_id, EntityKind::Question);
+      std::unordered_map<std::int64_t, std::size_t> row;
+      for (std::size_t i = 0; i < q.ids.size(); ++i) row.emplace(q.ids[i], i);
+      std::unordered_map<std::int64_t, std::size_t> head_of;
+      for (std::size_t h = 0; h < head_clusters.size(); ++h) head_of.emplace(head_clusters[h], h);
+      Matrix vectors(0, teacher.dim());
+      for (const Question& question : store->questions()) {
+        auto r = row.find(question.id);
+        auto h = head_of.find(question.cluster_id);
+        if (r == row.end() || h == head_of.end()) continue;
+        vectors.data.insert(vectors.data.end(), q.vectors.row(r->second), q.vectors.row(r->second) + vectors.cols);
+        ++vectors.rows;
+        question_head.push_back(h->second);
+      }
+      if (vectors.rows > 0) normalize_rows(vectors, "question embedding");
+      question_vectors = std::move(vectors);
+      head_answers = teacher.answers();
+    });
+    if (question_vectors.rows == 0) {
+      throw InputError("question-routing needs the training questions' embeddings; none of the projection's "
+                       "clusters has any (run `ldaproj embed`)");
+    }
+  }
+
+  // Routing over individual questions for unit queries: head weights
+  // (queries x heads, rows sum to one) and each head's best question cosine.
+  void route_questions(const Matrix& unit_queries, float temperature, std::size_t neighbors, Matrix& weights,
+                       Matrix& best_similarity) const {
+    load_questions();
+    const std::size_t m = question_vectors.rows, heads = head_clusters.size();
+    weights = Matrix(unit_queries.rows, heads);
+    best_similarity = Matrix(unit_queries.rows, heads);
+    std::fill(best_similarity.data.begin(), best_similarity.data.end(), -2.0f);
+    const std::size_t k = neighbors == 0 ? m : std::min(neighbors, m);
+    // Blocks of queries keep the queries x questions scores near 64 MiB.
+    const std::size_t block = std::max<std::size_t>(1, std::min<std::size_t>(256, (std::size_t{1} << 24) / m));
+    std::vector<std::size_t> order(m);
+    for (std::size_t begin = 0; begin < unit_queries.rows; begin += block) {
+      const std::size_t end = std::min(unit_queries.rows, begin + block);
+      Matrix chunk(end - begin, unit_queries.cols);
+      std::copy(unit_queries.row(begin), unit_queries.row(begin) + chunk.data.size(), chunk.data.begin());
+      Matrix scores;
+      detail::gemm_abt(chunk, question_vectors, scores);
+      for (std::size_t r = 0; r < chunk.rows; ++r) {
+        const float* srow = scores.row(r);
+        float* w = weights.row(begin + r);
+        float* best = best_similarity.row(begin + r);
+        for (std::size_t j = 0; j < m; ++j) best[question_head[j]] = std::max(best[question_head[j]], srow[j]);
+        for (std::size_t j = 0; j < m; ++j) order[j] = j;
+        if (k < m) {
+          std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k - 1), order.end(),
+                           [srow](std::size_t a, std::size_t b) { return srow[a] > srow[b]; });
+        }
+        float top = -2.0f;
+        for (std::size_t i = 0; i < k; ++i) top = std::max(top, srow[order[i]]);
+        double total = 0;
+        for (std::size_t i = 0; i < k; ++i) {
+          const double e = std::exp(double(srow[order[i]] - top) / temperature);
+          w[question_head[order[i]]] += static_cast<float>(e);
+          total += e;
+        }
+        for (std::size_t h = 0; h < heads; ++h) w[h] = static_cast<float>(w[h] / total);
+      }
+    }
+  }
+
+  Matrix project_over_questions(const Matrix& queries, float temperature, std::size_t neighbors,
+                                Matrix* weights_out = nullptr, Matrix* similarity_out = nullptr) const {
+    Matrix unit = queries;
+    normalize_rows(unit, "query");
+    Matrix weights, similarity;
+    route_questions(unit, temperature, neighbors, weights, similarity);
+    Matrix projected;
+    detail::gemm_ab(weights, head_answers, projected);
+    normalize_rows(projected, "projected query");
+    if (weights_out) *weights_out = std::move(weights);
+    if (similarity_out) *similarity_out = std::move(similarity);
+    return projected;
   }
 
   const GlobalProjection& global_w() const {
@@ -219,8 +313,17 @@ Matrix Searcher::project(const Matrix& queries, const SearchOptions& options) co
       normalize_rows(unit, "query");
       return s.ensemble.project(unit, options.top_domains);
     }
+    case Method::QuestionRouting:
+      check_question_options(options);
+      return s.project_over_questions(queries, options.question_temperature, options.question_neighbors);
   }
   throw Error("unknown method");
+}
+
+void Searcher::check_question_options(const SearchOptions& options) {
+  if (!(options.question_temperature > 0.0f) || !std::isfinite(options.question_temperature)) {
+    throw InputError("question temperature must be a positive number");
+  }
 }
 
 void Searcher::check_query_dimension(const Matrix& queries) const {
@@ -236,19 +339,26 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   Matrix projected;
   Matrix weights;
+  Matrix similarity;  // queries x heads: cosine to each head (centroid, or its best question)
   std::vector<SparseRouting> sparse_routes;
+  const bool want_confidence = options.include_confidence || options.reject_below.has_value();
   if (options.method == Method::MultiHead) {
     projected = s.teacher.project(queries, temperature, options.routing_top > 0 ? &weights : nullptr);
+  } else if (options.method == Method::QuestionRouting) {
+    check_question_options(options);
+    projected = s.project_over_questions(queries, options.question_temperature, options.question_neighbors,
+                                         &weights, &similarity);
   } else if (options.method == Method::SparseTeacher) {
     projected = s.sparse().project(queries, temperature, options.route_k, &sparse_routes);
   } else {
     projected = project(queries, options);
   }
   std::vector<QueryResult> results = rank(projected, options.top_k);
-  Matrix similarity;
-  if (options.method == Method::MultiHead && options.routing_top > 0) {
+  if (similarity.rows == 0 && ((options.method == Method::MultiHead && options.routing_top > 0) || want_confidence)) {
     similarity = s.teacher.route_scores(queries);
   }
+  const bool show_routing = options.routing_top > 0 &&
+                            (options.method == Method::MultiHead || options.method == Method::QuestionRouting);
   for (std::size_t q = 0; q < queries.rows; ++q) {
     if (options.include_projection) {
       results[q].projection.assign(projected.row(q), projected.row(q) + projected.cols);
@@ -261,7 +371,15 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
         results[q].routing.push_back({cid, s.cluster_names.at(cid), r.weights[i], r.similarity[i]});
       }
     }
-    if (similarity.rows > 0) {
+    if (want_confidence) {
+      const float* row = similarity.row(q);
+      results[q].confidence = *std::max_element(row, row + similarity.cols);
+      if (options.reject_below && results[q].confidence < *options.reject_below) {
+        results[q].rejected = true;
+        results[q].answers.clear();
+      }
+    }
+    if (show_routing) {
       const float* w = weights.row(q);
       std::vector<std::size_t> order(weights.cols);
       std::iota(order.begin(), order.end(), 0);

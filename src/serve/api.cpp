@@ -175,6 +175,17 @@ std::optional<float> read_temperature(const json& body) {
   return static_cast<float>(t);
 }
 
+std::optional<float> read_number(const json& body, const char* field) {
+  if (!body.contains(field) || body.at(field).is_null()) return std::nullopt;
+  const json& v = body.at(field);
+  if (!v.is_number()) throw wrong_type(field, "a number", v);
+  const double x = v.get<double>();
+  if (!std::isfinite(x) || std::abs(x) > 1e30) {
+    throw ApiError(422, "invalid_value", std::string("field \"") + field + "\" must be a finite number, got " + v.dump());
+  }
+  return static_cast<float>(x);
+}
+
 bool read_flag(const json& body, const char* field, bool fallback) {
   if (!body.contains(field)) return fallback;
   const json& v = body.at(field);

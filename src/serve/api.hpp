@@ -59,6 +59,8 @@ QueryInput read_query_input(const nlohmann::json& body, const Limits& limits, st
 std::size_t read_count(const nlohmann::json& body, const char* field, std::size_t fallback,
                        std::size_t min, std::size_t max);
 std::optional<float> read_temperature(const nlohmann::json& body);
+// Any finite number (422 invalid_value otherwise); nullopt when absent or null.
+std::optional<float> read_number(const nlohmann::json& body, const char* field);
 bool read_flag(const nlohmann::json& body, const char* field, bool fallback);
 std::optional<std::string> read_string(const nlohmann::json& body, const char* field);
 

@@ -418,6 +418,19 @@ struct Server::Impl {
     return *info;
   }
 
+  // "temperature" is the routing temperature of the method asked for: the
+  // teacher's (multi-head, sparse-teacher) or question-routing's own.
+  static void set_temperature(SearchOptions& o, std::optional<float> t) {
+    if (o.method == Method::QuestionRouting) {
+      if (t) o.question_temperature = *t;
+    } else {
+      o.temperature = t;
+    }
+  }
+  static float shown_temperature(const SearchOptions& o, const LoadedModel& m) {
+    return o.method == Method::QuestionRouting ? o.question_temperature : o.temperature.value_or(m.info.temperature);
+  }
+
   Matrix queries_of(serve::QueryInput& in) const {
     if (!in.from_text()) return std::move(in.embeddings);
     return encoder.encode(in.texts);
@@ -426,14 +439,15 @@ struct Server::Impl {
   void search(httplib::Response& res, RequestContext& ctx) {
     const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "top_k",
-                                        "temperature", "include_routing", "routing_top"});
+                                        "temperature", "include_routing", "routing_top", "reject_below"});
     const auto m = snapshot();
     const MethodInfo& method = pick_method(body, *m, ctx);
     serve::QueryInput in = serve::read_query_input(body, limits, m->info.dim, true);
     SearchOptions o;
     o.method = method.method;
     o.top_k = serve::read_count(body, "top_k", 5, 1, limits.max_top_k);
-    o.temperature = serve::read_temperature(body);
+    set_temperature(o, serve::read_temperature(body));
+    o.reject_below = serve::read_number(body, "reject_below");
     const bool routing = serve::read_flag(body, "include_routing", false);
     const std::size_t routing_top = serve::read_count(body, "routing_top", 8, 1, 100000);
     o.routing_top = routing ? routing_top : 0;
@@ -441,9 +455,14 @@ struct Server::Impl {
     const auto results = m->searcher.search(queries_of(in), o);
 
     json out{{"projection", m->info.projection}, {"method", to_string(o.method)}};
-    if (method.routing) out["temperature"] = tidy(o.temperature.value_or(m->info.temperature));
+    if (method.routing) out["temperature"] = tidy(shown_temperature(o, *m));
+    if (o.reject_below) out["reject_below"] = tidy(*o.reject_below);
     auto one = [&](std::size_t i) {
       json r{{"answers", answers_json(results[i].answers, *m)}};
+      if (o.reject_below) {
+        r["confidence"] = tidy(results[i].confidence);
+        r["rejected"] = results[i].rejected;
+      }
       if (in.from_text()) r["query"] = in.texts[i];
       if (routing && method.routing) r["routing"] = routing_json(results[i].routing, *m);
       return r;
@@ -467,14 +486,14 @@ struct Server::Impl {
     SearchOptions o;
     o.method = method.method;
     o.top_k = 1;
-    o.temperature = serve::read_temperature(body);
+    set_temperature(o, serve::read_temperature(body));
     o.routing_top = serve::read_count(body, "routing_top", m->info.heads, 1, 100000);
     o.include_projection = true;
     ctx.queries = in.size();
     const auto results = m->searcher.search(queries_of(in), o);
 
     json out{{"projection", m->info.projection}, {"method", to_string(o.method)}};
-    if (method.routing) out["temperature"] = tidy(o.temperature.value_or(m->info.temperature));
+    if (method.routing) out["temperature"] = tidy(shown_temperature(o, *m));
     auto one = [&](std::size_t i) {
       json r{{"embedding", tidy(results[i].projection.data(), results[i].projection.size())}};
       if (in.from_text()) r["query"] = in.texts[i];

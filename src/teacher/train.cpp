@@ -1,5 +1,6 @@
 // Teacher training: groups stored embeddings by cluster, builds one head per
-// cluster (centroid + answer embedding) and saves them as a projection.
+// cluster (centroid + answer embedding), optionally learns discriminative
+// keys from the questions, and saves them as a projection.
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -82,6 +83,7 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
   projection.temperature = options.temperature;
   projection.centroid_method = std::string(to_string(options.centroid_method));
 
+  std::vector<const Group*> head_groups;
   std::unordered_map<std::int64_t, std::string> external;
   for (const Cluster& c : store.clusters()) external.emplace(c.id, c.external_id);
 
@@ -109,16 +111,36 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
     head.num_questions = static_cast<std::int64_t>(g.questions.size());
     report.questions += g.questions.size();
     projection.heads.push_back(std::move(head));
+    head_groups.push_back(&g);
   }
   if (projection.heads.empty()) {
     throw InputError("no cluster in " + store.path().string() +
                      " has both questions and an answer; import data first");
   }
   report.heads = projection.heads.size();
-  projection.metrics_json = nlohmann::json{{"heads", report.heads},
-                                           {"questions", report.questions},
-                                           {"warnings", report.warnings.size()}}
-                                .dump();
+  nlohmann::json metrics{{"heads", report.heads}, {"questions", report.questions}, {"warnings", report.warnings.size()}};
+  if (options.key_epochs > 0) {
+    const std::size_t dim = projection.heads.front().centroid.size();
+    Matrix keys(projection.heads.size(), dim);
+    std::vector<std::size_t> rows, head_of;
+    for (std::size_t h = 0; h < projection.heads.size(); ++h) {
+      std::copy(projection.heads[h].centroid.begin(), projection.heads[h].centroid.end(), keys.row(h));
+      for (std::size_t r : head_groups[h]->questions) {
+        rows.push_back(r);
+        head_of.push_back(h);
+      }
+    }
+    report.keys = learn_keys(keys, gather(q_emb, rows), head_of, options.temperature,
+                             KeyLearningOptions{options.key_epochs, options.key_lr});
+    for (std::size_t h = 0; h < projection.heads.size(); ++h) {
+      projection.heads[h].centroid.assign(keys.row(h), keys.row(h) + dim);
+    }
+    metrics["learned_keys"] = {{"epochs", report.keys.epochs}, {"lr", options.key_lr},
+                               {"initial_accuracy", report.keys.initial_accuracy},
+                               {"final_accuracy", report.keys.final_accuracy},
+                               {"initial_loss", report.keys.initial_loss}, {"final_loss", report.keys.final_loss}};
+  }
+  projection.metrics_json = metrics.dump();
   report.projection_id = store.save_projection(projection);
   return report;
 }
