@@ -311,6 +311,8 @@ int run_distill(const std::string& db, DistillFlags f) {
   f.options.init = parse_student_init(f.init);
   f.options.schedule = parse_lr_schedule(f.schedule);
   f.options.data.sources = parse_data_sources(f.sources);
+  // --seed promises reproducible data as well as init and shuffling.
+  f.options.data.seed = f.options.seed;
 
   // A bar per epoch with the running loss on a terminal; one line per epoch.
   std::unique_ptr<Progress> bar;
