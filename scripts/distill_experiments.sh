@@ -10,6 +10,7 @@
 # per cluster, default 8, plus one held-out novel query each) and the teacher
 # `ldaproj train` makes from it, through build/distill_scale_bench (BENCH=path),
 # evaluated on 500 of the held-out queries.
+# INITS="teacher" limits the sources group to one init (default: teacher random).
 # Every run uses about the same number of optimizer steps (STEPS, default 2000)
 # and patience 0, so that small datasets are not simply trained for less.
 set -euo pipefail
@@ -83,7 +84,7 @@ fi
 for g in "${groups[@]}"; do
   case $g in
     sources)
-      for init in teacher random; do
+      for init in ${INITS:-teacher random}; do
         lr=1e-4
         [[ $init == random ]] && lr=1e-3
         for src in questions questions,perturbed questions,within questions,across questions,extrapolated \
