@@ -294,7 +294,8 @@ int run_train(const std::string& db, const std::string& embedding_model, float t
 // ---------------------------------------------------------------- distill
 struct DistillFlags {
   DistillOptions options;
-  std::string projection, variant = "block", init = "teacher", schedule = "cosine", sources = "all";
+  std::string projection, variant = "block", init = "teacher", schedule = "cosine",
+              sources = "questions,perturbed,within,across";
   bool as_json = false, quiet = false;
 };
 
@@ -892,7 +893,7 @@ int main(int argc, char** argv) {
     distill_cmd->add_option("--samples", o.data.samples, "Generated training inputs (besides the questions)")
         ->capture_default_str();
     distill_cmd->add_option("--sources", df.sources,
-                            "Comma-separated: questions, perturbed, within, across, extrapolated, or all")
+                            "Comma-separated: questions, perturbed, within, across, extrapolated, or all (every one)")
         ->capture_default_str();
     distill_cmd->add_option("--validation-fraction", o.data.validation_fraction,
                             "Share of each cluster's questions held out for early stopping")
