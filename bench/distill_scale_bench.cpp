@@ -2,10 +2,20 @@
 // number of clusters n and student size, trains the student and reports its
 // size against the teacher's 2*n*d floats, training time, agreement with the
 // teacher on held-out novel queries, and batch-1 latency of student vs dense
-// teacher measured in the same run. Prints a Markdown table.
-// Usage: distill_scale_bench [--clusters 1000,10000,100000] [--students 8x8,8x32]
+// teacher measured in the same run, both on one thread. Prints a Markdown table.
+// Usage: distill_scale_bench [--clusters 1000,10000,100000] [--students 8x8,8x32,8x8x2]
 //          [--questions-per-cluster 3] [--epochs 30] [--samples 8192] [--queries 500] [--threads 1]
-//          [--temperature 0.1]
+//          [--temperature 0.1] [--training-questions 0]
+// --training-questions caps the questions the student distils from (those of
+// evenly spaced clusters, all of each; 0: every question): the teacher's
+// targets cost O(n d) per input, which dominates training at n = 100k.
+// A student is heads x keys-per-head[x layers] of the default `block` variant.
+// --threads is for training only; latencies are always measured on one thread.
+// Distillation flags as in `ldaproj distill`: [--init teacher|random] [--sources all]
+//   [--lr 1e-4] [--patience 5] [--cosine-weight 0] [--kl-weight 0] [--answer-weight 0]
+//   [--variant block] [--seed 0]
+// Ablation rows: --label TEXT prints one shorter row per run (no latencies),
+// headed by a "run" column; --header 0 leaves the table header out.
 #include <cblas.h>
 
 #include <algorithm>
@@ -86,26 +96,51 @@ SyntheticSet materialise(const SyntheticSpec& spec) {
 
 int main(int argc, char** argv) {
   std::vector<std::size_t> cluster_counts{1000, 10000, 100000};
-  std::vector<std::pair<std::size_t, std::size_t>> students{{8, 8}, {8, 32}};
-  std::size_t per_cluster = 3, epochs = 30, samples = 8192, eval_queries = 500;
+  struct StudentSize {
+    std::size_t heads, keys, layers;
+  };
+  std::vector<StudentSize> students{{8, 8, 1}, {8, 32, 1}};
+  std::size_t per_cluster = 3, epochs = 30, samples = 8192, eval_queries = 500, training_questions = 0;
   int threads = 1;
   float temperature = kDefaultTemperature;
+  DistillOptions base;
+  std::string label;
+  bool header = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--clusters") cluster_counts = parse_list(value);
     else if (flag == "--questions-per-cluster") per_cluster = std::stoull(value);
     else if (flag == "--epochs") epochs = std::stoull(value);
     else if (flag == "--samples") samples = std::stoull(value);
+    else if (flag == "--training-questions") training_questions = std::stoull(value);
     else if (flag == "--queries") eval_queries = std::stoull(value);
     else if (flag == "--threads") threads = std::stoi(value);
     else if (flag == "--temperature") temperature = std::stof(value);
+    else if (flag == "--init") base.init = parse_student_init(value);
+    else if (flag == "--sources") base.data.sources = parse_data_sources(value);
+    else if (flag == "--lr") base.lr = std::stod(value);
+    else if (flag == "--patience") base.patience = std::stoull(value);
+    else if (flag == "--cosine-weight") base.cosine_weight = std::stod(value);
+    else if (flag == "--kl-weight") base.kl_weight = std::stod(value);
+    else if (flag == "--answer-weight") base.answer_weight = std::stod(value);
+    else if (flag == "--variant") base.config.variant = parse_student_variant(value);
+    else if (flag == "--seed") base.seed = base.data.seed = std::stoull(value);
+    else if (flag == "--label") label = value;
+    else if (flag == "--header") header = value != "0";
     else if (flag == "--students") {
       students.clear();
       std::stringstream ss(value);
       std::string item;
       while (std::getline(ss, item, ',')) {
-        const auto x = item.find('x');
-        students.emplace_back(std::stoull(item.substr(0, x)), std::stoull(item.substr(x + 1)));
+        std::vector<std::size_t> parts;
+        std::stringstream fields(item);
+        std::string field;
+        while (std::getline(fields, field, 'x')) parts.push_back(std::stoull(field));
+        if (parts.size() < 2 || parts.size() > 3) {
+          std::fprintf(stderr, "student size %s: expected HEADSxKEYS or HEADSxKEYSxLAYERS\n", item.c_str());
+          return 2;
+        }
+        students.push_back({parts[0], parts[1], parts.size() == 3 ? parts[2] : 1});
       }
     } else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
@@ -113,10 +148,17 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("| n | student (heads x keys) | params | vs teacher 2nd | train time | held-out cos mean | min "
-              "| top-10 overlap | R@1 teacher | R@1 student | teacher proj (us) | student proj (us) "
-              "| teacher end-to-end (us) | student end-to-end (us) |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  const bool ablation = !label.empty();
+  if (header && ablation) {
+    std::printf("| run | n | params | train inputs | epochs (best) | train time | held-out cos mean | min "
+                "| top-10 overlap | R@1 student (vs teacher) |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  } else if (header) {
+    std::printf("| n | student (heads x keys x layers) | params | params / (2nd) | clusters trained on | train inputs "
+                "| train time | held-out cos mean | min | top-10 overlap | R@1 teacher | R@1 student "
+                "| teacher proj (us) | student proj (us) | teacher end-to-end (us) | student end-to-end (us) |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  }
   for (std::size_t n : cluster_counts) {
     SyntheticSpec so;
     so.clusters = n;
@@ -131,7 +173,10 @@ int main(int argc, char** argv) {
       float* c = centroids.row(data.cluster_of_question[i]);
       for (std::size_t j = 0; j < d; ++j) c[j] += data.questions(i, j);
     }
-    const MultiHeadProjection teacher(centroids, data.answers, temperature);
+    // Training computes the teacher's targets with the training threads; the
+    // latency teacher is the same heads capped at one thread, like the student.
+    const MultiHeadProjection teacher(centroids, data.answers, temperature, {Precision::F32, threads});
+    const MultiHeadProjection teacher_1t(centroids, data.answers, temperature, {Precision::F32, 1});
     FlatIndex index(d);
     std::vector<std::int64_t> labels(n);
     std::iota(labels.begin(), labels.end(), 0);
@@ -144,18 +189,33 @@ int main(int argc, char** argv) {
     pick.resize(std::min(eval_queries, pick.size()));
     const Matrix novel = rows_of(data.novel, pick);
     openblas_set_num_threads(1);
-    const Matrix teacher_out = teacher.project(novel);
+    const Matrix teacher_out = teacher_1t.project(novel);
     const auto teacher_hits = index.search(teacher_out, 10);
 
-    for (const auto& [heads, keys] : students) {
-      DistillOptions o;
+    // The questions the student learns from: every question, or all those of
+    // evenly spaced clusters up to the cap.
+    std::vector<std::size_t> train_rows;
+    const std::size_t trained_clusters =
+        training_questions ? std::min(n, std::max<std::size_t>(1, training_questions / per_cluster)) : n;
+    const std::size_t stride = std::max<std::size_t>(1, n / trained_clusters);
+    for (std::size_t i = 0; i < data.questions.rows; ++i) {
+      const std::size_t c = data.cluster_of_question[i];
+      if (c % stride == 0 && c / stride < trained_clusters) train_rows.push_back(i);
+    }
+    const Matrix train_questions = rows_of(data.questions, train_rows);
+    std::vector<std::size_t> train_heads;
+    for (std::size_t i : train_rows) train_heads.push_back(data.cluster_of_question[i]);
+
+    for (const auto& [heads, keys, layers] : students) {
+      DistillOptions o = base;
       o.config.dim = d;
       o.config.num_heads = heads;
       o.config.keys_per_head = keys;
+      o.config.layers = layers;
       o.epochs = epochs;
       o.data.samples = samples;
       o.threads = threads;
-      const DistillReport r = distill_student(teacher, data.questions, data.cluster_of_question, o);
+      const DistillReport r = distill_student(teacher, train_questions, train_heads, o);
       const StudentModel student(r.weights);
       openblas_set_num_threads(1);
       const Matrix student_out = student.project(novel);
@@ -175,18 +235,27 @@ int main(int argc, char** argv) {
         r1_student += student_hits[q][0].label == truth;
       }
       const double nq = double(novel.rows);
+      if (ablation) {
+        std::printf("| %s | %zu | %zu | %zu | %zu (%zu) | %.0f s | %.4f | %.4f | %.1f%% | %.1f%% (%+.1f) |\n",
+                    label.c_str(), n, r.weights.parameter_count(), r.train_samples, r.history.size(), r.best_epoch,
+                    r.seconds, cos_sum / nq, cos_min, 100.0 * overlap / nq, 100.0 * r1_student / nq,
+                    100.0 * (r1_student - r1_teacher) / nq);
+        std::fflush(stdout);
+        continue;
+      }
 
       Matrix one(1, d);
       std::copy(novel.row(0), novel.row(0) + d, one.row(0));
       const int reps = n >= 100000 ? 30 : 200;
-      const double t_proj = median_us(reps, [&] { (void)teacher.project(one); });
+      const double t_proj = median_us(reps, [&] { (void)teacher_1t.project(one); });
       const double s_proj = median_us(reps, [&] { (void)student.project(one); });
-      const double t_e2e = median_us(reps, [&] { (void)index.search(teacher.project(one), 10); });
+      const double t_e2e = median_us(reps, [&] { (void)index.search(teacher_1t.project(one), 10); });
       const double s_e2e = median_us(reps, [&] { (void)index.search(student.project(one), 10); });
 
       const double teacher_floats = 2.0 * double(n) * double(d);
-      std::printf("| %zu | %zu x %zu | %zu | %.2fx | %.0f s | %.4f | %.4f | %.1f%% | %.1f%% | %.1f%% | %.0f | %.0f | %.0f | %.0f |\n",
-                  n, heads, keys, r.weights.parameter_count(), double(r.weights.parameter_count()) / teacher_floats,
+      std::printf("| %zu | %zu x %zu x %zu | %zu | %.2fx | %zu | %zu | %.0f s | %.4f | %.4f | %.1f%% | %.1f%% | %.1f%% | %.0f | %.0f | %.0f | %.0f |\n",
+                  n, heads, keys, layers, r.weights.parameter_count(), double(r.weights.parameter_count()) / teacher_floats,
+                  trained_clusters, r.train_samples,
                   r.seconds, cos_sum / nq, cos_min, 100.0 * overlap / nq, 100.0 * r1_teacher / nq,
                   100.0 * r1_student / nq, t_proj, s_proj, t_e2e, s_e2e);
       std::fflush(stdout);

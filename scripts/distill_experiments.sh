@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Distillation experiments on the bundled demo data: which data sources, which
-# init and which loss terms give the student that agrees best with the teacher
-# on the held-out novel queries (data/demo/heldout.json). Prints a Markdown
-# table; the numbers in docs/DISTILLATION.md come from it.
+# Distillation experiments: which data sources, which init and which loss
+# terms give the student that agrees best with the teacher on held-out novel
+# queries. Prints a Markdown table; the numbers in docs/DISTILLATION.md come
+# from it.
 # Usage: scripts/distill_experiments.sh [path/to/ldaproj] [experiment-group...]
 #   groups: sources init loss variants size (default: all)
+# SYNTH=N runs the groups sources, init and loss on N synthetic clusters
+# instead of the demo data: the generator of `ldaproj synth` (QPC questions
+# per cluster, default 8, plus one held-out novel query each) and the teacher
+# `ldaproj train` makes from it, through build/distill_scale_bench (BENCH=path),
+# evaluated on 500 of the held-out queries.
+# INITS="teacher" limits the sources group to one init (default: teacher random).
 # Every run uses about the same number of optimizer steps (STEPS, default 2000)
 # and patience 0, so that small datasets are not simply trained for less.
 set -euo pipefail
@@ -12,19 +18,25 @@ cd "$(dirname "$0")/.."
 bin=${1:-build/ldaproj}
 shift || true
 groups=("$@")
-(( ${#groups[@]} )) || groups=(sources init loss variants size)
+synth=${SYNTH:-}
+(( ${#groups[@]} )) || { if [[ -n $synth ]]; then groups=(sources init loss); else groups=(sources init loss variants size); fi; }
 steps=${STEPS:-2000}
 threads=${THREADS:-1}
+bench=${BENCH:-build/distill_scale_bench}
+per_cluster=${QPC:-8}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 db="$work/demo.db"
 
-"$bin" import --db "$db" data/demo/clusters.json data/demo/extra.jsonl >/dev/null
-"$bin" embed --db "$db" --quiet >/dev/null
-"$bin" train --db "$db" >/dev/null
-
-# Training questions left after holding out 15% per cluster, for the step budget.
-train_questions=262
+if [[ -n $synth ]]; then
+  # Training questions left after holding out 15% per cluster, for the step budget.
+  train_questions=$(( synth * per_cluster * 85 / 100 ))
+else
+  "$bin" import --db "$db" data/demo/clusters.json data/demo/extra.jsonl >/dev/null
+  "$bin" embed --db "$db" --quiet >/dev/null
+  "$bin" train --db "$db" >/dev/null
+  train_questions=262
+fi
 
 run() {  # label, then distill flags
   local label=$1
@@ -41,6 +53,11 @@ run() {  # label, then distill flags
   [[ $sources == all || $sources == *questions* ]] && n=$((n + train_questions))
   local per_epoch=$(( (n + batch - 1) / batch ))
   local epochs=$(( (steps + per_epoch - 1) / per_epoch ))
+  if [[ -n $synth ]]; then
+    "$bench" --clusters "$synth" --questions-per-cluster "$per_cluster" --students 8x8 --epochs "$epochs" \
+      --patience 0 --threads "$threads" --label "$label" --header 0 "$@"
+    return
+  fi
   local d
   d=$("$bin" distill --db "$db" --json --quiet --patience 0 --epochs "$epochs" --threads "$threads" "$@")
   local v
@@ -57,12 +74,17 @@ print(f"| {label} | {d['parameters']:,} | {d['train_samples']} | {d['epochs_run'
 EOF
 }
 
-echo "| run | params | train inputs | epochs | time | val cos (init) | val cos | novel cos mean | novel cos min | top-10 overlap | R@1 (vs teacher) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+if [[ -n $synth ]]; then
+  echo "| run | n | params | train inputs | epochs (best) | train time | held-out cos mean | min | top-10 overlap | R@1 student (vs teacher) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+else
+  echo "| run | params | train inputs | epochs | time | val cos (init) | val cos | novel cos mean | novel cos min | top-10 overlap | R@1 (vs teacher) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+fi
 for g in "${groups[@]}"; do
   case $g in
     sources)
-      for init in teacher random; do
+      for init in ${INITS:-teacher random}; do
         lr=1e-4
         [[ $init == random ]] && lr=1e-3
         for src in questions questions,perturbed questions,within questions,across questions,extrapolated \
@@ -86,6 +108,9 @@ for g in "${groups[@]}"; do
       run "random init, mse, lr 1e-3" --init random --lr 1e-3
       run "random init, mse + kl 1, lr 1e-3" --init random --lr 1e-3 --kl-weight 1
       ;;
+    variants|size)
+      [[ -z $synth ]] || { echo "group $g runs on the demo data only" >&2; exit 2; }
+      ;;&
     variants)
       run "attention" --variant attention
       run "mlp-attention" --variant mlp-attention

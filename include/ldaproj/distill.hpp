@@ -35,8 +35,14 @@ DataSource parse_data_source(std::string_view name);  // InputError on unknown
 // Comma-separated list, e.g. "questions,perturbed"; "all" for every source.
 std::vector<DataSource> parse_data_sources(std::string_view list);
 
+// The default: every source but extrapolated, which lowered R@1 on held-out
+// novel queries by 8-9 points on 1k synthetic clusters (two seeds) and 3 on
+// the demo at about equal agreement with the teacher (docs/DISTILLATION.md).
+inline constexpr DataSource kDefaultDataSources[] = {DataSource::Questions, DataSource::Perturbed, DataSource::Within,
+                                                     DataSource::Across};
+
 struct DistillDataOptions {
-  std::vector<DataSource> sources{std::begin(kAllDataSources), std::end(kAllDataSources)};
+  std::vector<DataSource> sources{std::begin(kDefaultDataSources), std::end(kDefaultDataSources)};
   // Generated training inputs, shared equally by the generating sources (the
   // questions source adds each training question once, on top).
   std::size_t samples = 8192;

@@ -320,7 +320,8 @@ int run_train(const std::string& db, const std::string& embedding_model, float t
 // ---------------------------------------------------------------- distill
 struct DistillFlags {
   DistillOptions options;
-  std::string projection, variant = "block", init = "teacher", schedule = "cosine", sources = "all";
+  std::string projection, variant = "block", init = "teacher", schedule = "cosine",
+              sources = "questions,perturbed,within,across";
   bool as_json = false, quiet = false;
 };
 
@@ -337,6 +338,8 @@ int run_distill(const std::string& db, DistillFlags f) {
   f.options.init = parse_student_init(f.init);
   f.options.schedule = parse_lr_schedule(f.schedule);
   f.options.data.sources = parse_data_sources(f.sources);
+  // --seed promises reproducible data as well as init and shuffling.
+  f.options.data.seed = f.options.seed;
 
   // A bar per epoch with the running loss on a terminal; one line per epoch.
   std::unique_ptr<Progress> bar;
@@ -1090,7 +1093,7 @@ int main(int argc, char** argv) {
     distill_cmd->add_option("--samples", o.data.samples, "Generated training inputs (besides the questions)")
         ->capture_default_str();
     distill_cmd->add_option("--sources", df.sources,
-                            "Comma-separated: questions, perturbed, within, across, extrapolated, or all")
+                            "Comma-separated: questions, perturbed, within, across, extrapolated, or all (every one)")
         ->capture_default_str();
     distill_cmd->add_option("--validation-fraction", o.data.validation_fraction,
                             "Share of each cluster's questions held out for early stopping")

@@ -341,6 +341,10 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
   Matrix train_targets, train_routing, val_targets, val_routing;
   teacher_outputs(teacher, data.train_inputs, group_of_head, groups, train_targets, train_routing);
   teacher_outputs(teacher, data.validation_inputs, group_of_head, groups, val_targets, val_routing);
+  // The teacher sets OpenBLAS to its own thread count (all cores unless
+  // capped); training's many small products must go back to the requested
+  // count, or --threads 1 trains with two spinning BLAS threads.
+  openblas_set_num_threads(thread_count(options.threads));
 
   const torch::Dtype dtype = torch::kFloat32;
   const torch::Tensor x = to_tensor(data.train_inputs, dtype), t = to_tensor(train_targets, dtype);
