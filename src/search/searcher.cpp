@@ -52,6 +52,7 @@ struct Searcher::Impl {
 
   const GlobalProjection& global_w() const {
     std::call_once(global_once, [this] {
+      const Store::ReadSnapshot snapshot = store->read_snapshot();
       const EmbeddingSet q = store->embeddings(model_id, EntityKind::Question);
       std::unordered_map<std::int64_t, std::size_t> row;
       for (std::size_t i = 0; i < q.ids.size(); ++i) row.emplace(q.ids[i], i);
@@ -85,6 +86,9 @@ Searcher::~Searcher() = default;
 
 Searcher Searcher::load(const Store& store, const std::string& projection_name,
                         const TeacherOptions& teacher_options) {
+  // Projection, clusters, answers and their embeddings from one committed
+  // state, so that a concurrent import or training run is seen whole or not at all.
+  const Store::ReadSnapshot snapshot = store.read_snapshot();
   auto projection = store.load_projection(projection_name);
   if (!projection) {
     throw InputError(projection_name.empty()
@@ -113,8 +117,14 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
     std::copy(head.answer.begin(), head.answer.end(), answers.row(h));
     impl->head_clusters.push_back(head.cluster_id);
   }
-  impl->teacher =
-      MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature, teacher_options);
+  try {
+    impl->teacher =
+        MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature, teacher_options);
+  } catch (const InputError& e) {
+    // Stored heads are checked when saved, so this is a damaged database.
+    throw InputError("projection \"" + projection->name + "\" in " + store.path().string() +
+                     " cannot be used: " + e.what() + "; train it again with `ldaproj train`");
+  }
 
   for (const Cluster& c : store.clusters()) impl->cluster_names.emplace(c.id, c.external_id);
 
@@ -143,6 +153,15 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
 
 std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOptions& options) const {
   const Impl& s = *impl_;
+  if (queries.data.size() != queries.rows * queries.cols) {
+    throw InputError("query matrix is " + std::to_string(queries.rows) + "x" + std::to_string(queries.cols) +
+                     " but holds " + std::to_string(queries.data.size()) + " values");
+  }
+  if (queries.cols != s.teacher.dim()) {
+    throw InputError("query embeddings have dimension " + std::to_string(queries.cols) + ", the projection \"" +
+                     s.projection_name + "\" (model " + s.model_name + ") has " + std::to_string(s.teacher.dim()) +
+                     "; embed the queries with that model");
+  }
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   Matrix projected;
   Matrix weights;
@@ -158,12 +177,9 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
       projected = s.global_w().project(queries);
       break;
   }
-  if (projected.cols != s.teacher.dim()) {
-    throw InputError("query embeddings have dimension " + std::to_string(projected.cols) +
-                     ", the store's model has " + std::to_string(s.teacher.dim()));
-  }
   // Ask for enough answers that top_k distinct clusters survive de-duplication.
-  const auto hits = s.answer_index.search(projected, options.top_k * s.max_answers_per_cluster);
+  const std::size_t top_k = std::min(options.top_k, s.answers.size());
+  const auto hits = s.answer_index.search(projected, top_k * s.max_answers_per_cluster);
   std::vector<QueryResult> results(queries.rows);
   Matrix similarity;
   if (options.method == Method::MultiHead && options.routing_top > 0) {
@@ -175,7 +191,7 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
       const Answer& a = s.answers[static_cast<std::size_t>(hit.label)];
       if (!seen.insert(a.cluster_id).second) continue;
       results[q].answers.push_back({a.cluster_id, s.cluster_names.at(a.cluster_id), a.id, a.text, hit.score});
-      if (results[q].answers.size() == options.top_k) break;
+      if (results[q].answers.size() == top_k) break;
     }
     if (similarity.rows > 0) {
       const float* w = weights.row(q);

@@ -45,6 +45,7 @@
 #include "ldaproj/importer.hpp"
 #include "store/sqlite.hpp"
 #include "store/store_impl.hpp"
+#include "text/utf8.hpp"
 
 namespace ldaproj {
 
@@ -107,43 +108,6 @@ std::string field_error(const std::string& field, const std::string& message) {
 
 std::string expected(const char* what, const Json& got) {
   return std::string("expected ") + what + ", got " + got.type_name();
-}
-
-// Offset of the first byte that is not well-formed UTF-8 (overlong forms,
-// surrogates and code points past U+10FFFF included), or nullopt.
-std::optional<std::size_t> first_invalid_utf8(std::string_view text) {
-  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
-  const std::size_t size = text.size();
-  std::size_t i = 0;
-  while (i < size) {
-    const unsigned char lead = bytes[i];
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t length = 0;
-    unsigned char min_second = 0x80, max_second = 0xBF;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      length = 2;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      length = 3;
-      if (lead == 0xE0) min_second = 0xA0;  // overlong
-      if (lead == 0xED) max_second = 0x9F;  // surrogates
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      length = 4;
-      if (lead == 0xF0) min_second = 0x90;  // overlong
-      if (lead == 0xF4) max_second = 0x8F;  // past U+10FFFF
-    } else {
-      return i;
-    }
-    if (i + length > size) return i;
-    if (bytes[i + 1] < min_second || bytes[i + 1] > max_second) return i;
-    for (std::size_t k = 2; k < length; ++k) {
-      if (bytes[i + k] < 0x80 || bytes[i + k] > 0xBF) return i;
-    }
-    i += length;
-  }
-  return std::nullopt;
 }
 
 struct LineColumn {
@@ -215,13 +179,25 @@ std::string read_whole_file(const fs::path& file) {
   return std::move(buffer).str();
 }
 
+void check_length(const std::string& text, const std::string& field, const std::string& file,
+                  const std::string& where) {
+  if (text.size() > kMaxTextBytes) {
+    fail(file, where,
+         field_error(field, "is " + std::to_string(text.size()) + " bytes long, over the limit of " +
+                                std::to_string(kMaxTextBytes) +
+                                " (the encoder reads only the first few hundred tokens); shorten or split it"));
+  }
+}
+
 // A string member that may be absent or null; "" then.
 std::string optional_string(const Json& object, const char* key, const std::string& file,
                             const std::string& where, const std::string& field_prefix = {}) {
   const auto it = object.find(key);
   if (it == object.end() || it->is_null()) return {};
   if (!it->is_string()) fail(file, where, field_error(field_prefix + key, expected("a string", *it)));
-  return it->get<std::string>();
+  std::string text = it->get<std::string>();
+  check_length(text, field_prefix + key, file, where);
+  return text;
 }
 
 // A string member that must be present and not blank.
@@ -230,6 +206,7 @@ std::string required_text(const Json& value, const std::string& field, const std
   if (!value.is_string()) fail(file, where, field_error(field, expected("a string", value)));
   std::string text = value.get<std::string>();
   if (is_blank(text)) fail(file, where, field_error(field, "is empty; remove the entry or give it text"));
+  check_length(text, field, file, where);
   return text;
 }
 
@@ -395,7 +372,7 @@ ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std:
 }
 
 ParsedFile parse_content(std::string_view bytes, const std::string& file) {
-  if (const auto bad = first_invalid_utf8(bytes)) {
+  if (const auto bad = text::first_invalid_utf8(bytes)) {
     const LineColumn at = line_column_at(bytes, *bad);
     char hex[8];
     std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned>(static_cast<unsigned char>(bytes[*bad])));

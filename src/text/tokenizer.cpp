@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -140,6 +141,7 @@ struct Tokenizer::Impl {
   std::string prefix = "##";
   std::size_t max_chars_per_word = 100;
   std::int32_t unk = 0, cls = 0, sep = 0, pad = 0;
+  std::int32_t max_id = 0;
 
   std::u32string normalize(std::string_view text) const {
     const std::u32string in = decode_utf8(text);
@@ -292,8 +294,14 @@ Tokenizer Tokenizer::from_file(const std::filesystem::path& path) {
   const auto& vocab = field(model, "vocab", "model.");
   if (!vocab.is_object() || vocab.empty()) throw InputError(file + ": field \"model.vocab\" must be a non-empty object");
   for (const auto& [piece, id] : vocab.items()) {
-    if (!id.is_number_integer()) throw InputError(file + ": field \"model.vocab." + piece + "\" must be an integer id");
-    impl->vocab.emplace(piece, id.get<std::int32_t>());
+    const bool in_range = id.is_number_unsigned() && id.get<std::uint64_t>() <= std::numeric_limits<std::int32_t>::max();
+    if (!in_range) {
+      throw InputError(file + ": field \"model.vocab." + piece + "\" must be a token id from 0 to 2147483647, got " +
+                       id.dump());
+    }
+    const auto value = id.get<std::int32_t>();
+    impl->vocab.emplace(piece, value);
+    impl->max_id = std::max(impl->max_id, value);
   }
   if (model.contains("continuing_subword_prefix") && model["continuing_subword_prefix"].is_string()) {
     impl->prefix = model["continuing_subword_prefix"].get<std::string>();
@@ -350,5 +358,6 @@ std::int32_t Tokenizer::cls_id() const { return impl_->cls; }
 std::int32_t Tokenizer::sep_id() const { return impl_->sep; }
 std::int32_t Tokenizer::unk_id() const { return impl_->unk; }
 std::size_t Tokenizer::vocab_size() const { return impl_->vocab.size(); }
+std::int32_t Tokenizer::max_id() const { return impl_->max_id; }
 
 }  // namespace ldaproj
