@@ -4,7 +4,7 @@ BUILD ?= build
 BUILD_ASAN ?= build-asan
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build build-asan test test-fast demo bench clean
+.PHONY: all setup build build-asan test test-fast demo bench bench-serve clean
 
 all: build
 
@@ -38,8 +38,13 @@ demo: build
 
 # Benchmarks (Google Benchmark); see docs/BENCHMARKS.md for the recorded numbers.
 bench: build
-	OPENBLAS_NUM_THREADS=1 $(BUILD)/teacher_bench --benchmark_min_time=0.2
+	bash bench/teacher_compare.sh $(BUILD)
 	bash bench/encoder_compare.sh $(BUILD)
+
+# HTTP load test of `ldaproj serve` with wrk (loopback, 10 s per case).
+bench-serve: build
+	bash scripts/setup.sh --bench >/dev/null
+	bash bench/serve_load.sh $(BUILD) 10 8
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -29,3 +29,5 @@ step "answer a few queries, with routing"
   "my phone stopped uploading pictures" \
   "how much does the bigger plan cost per year" \
   "can someone else see my albums without an account"
+
+echo "Try the server and its page: $bin serve --db $db   (then open http://127.0.0.1:8080/)"

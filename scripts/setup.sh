@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake pkg-config
   libsqlite3-dev nlohmann-json3-dev libcli11-dev libutf8proc-dev
-  libeigen3-dev libopenblas-dev libssl-dev libcpp-httplib-dev
+  libeigen3-dev libopenblas-dev libssl-dev libcpp-httplib-dev libhnswlib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libtorch-dev python3-torch
   nodejs npm
+  chromium chromium-driver python3-selenium
 )
 if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(python3-numpy python3-torch hyperfine)
+  packages+=(python3-numpy hyperfine wrk)
 fi
 
 missing=()

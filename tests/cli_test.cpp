@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "cli_support.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/store.hpp"
 
@@ -18,25 +19,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
+using ldaproj::testing_support::CliRun;
 
-CliRun run(const std::string& args) {
-  const std::string cmd = std::string(LDAPROJ_CLI_PATH) + " " + args + " 2>&1";
-  CliRun r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf{};
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+CliRun run(const std::string& args) { return ldaproj::testing_support::run_cli(args); }
 
-std::string demo(const char* name) { return std::string(LDAPROJ_SOURCE_DIR) + "/data/demo/" + name; }
+std::string demo(const char* name) { return ldaproj::testing_support::demo_file(name); }
 
 class CliDemo : public ::testing::Test {
  protected:
@@ -130,6 +117,118 @@ TEST_F(CliDemo, EmbedResumesWhereAnEarlierRunStopped) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find(" 13 new embeddings"), std::string::npos) << r.out;  // 11 questions + 2 answers
   EXPECT_NE(r.out.find("embedding questions: 11/11"), std::string::npos) << r.out;  // plain progress lines off a TTY
+}
+
+// The student flow: distill, query and validate with it, export and import.
+TEST_F(CliDemo, DistillQueryValidateExportImport) {
+  const std::string db = (dir_ / "student.db").string();
+  ASSERT_EQ(run("import --db " + db + " " + demo("clusters.json")).code, 0);
+  CliRun r = run("query --db " + db + " --method student hello");
+  EXPECT_EQ(r.code, 1);
+  ASSERT_EQ(run("embed --db " + db + " --quiet").code, 0);
+  ASSERT_EQ(run("train --db " + db).code, 0);
+  // The same trained store, without a student, to import into later.
+  const std::string other = (dir_ / "other.db").string();
+  fs::copy_file(db, other);
+
+  r = run("query --db " + db + " --method student \"how do I get my password back\"");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("ldaproj distill"), std::string::npos) << r.out;
+  r = run("export --db " + db + " --out " + (dir_ / "none.safetensors").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("has no student"), std::string::npos) << r.out;
+
+  // A short run: a small student, few inputs, two epochs, one thread. 4 x 8 keys cover the demo's
+  // 31 heads, so the teacher-aligned init already reproduces the teacher closely.
+  r = run("distill --db " + db + " --heads 4 --keys-per-head 8 --samples 600 --epochs 2 --threads 1 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto d = nlohmann::json::parse(r.out);
+  EXPECT_EQ(d["config"]["num_heads"], 4);
+  EXPECT_EQ(d["history"].size(), 2u);
+  EXPECT_GT(d["validation_cosine"].get<double>(), 0.9);
+
+  r = run("query --db " + db + " --method student --json --top-k 3 \"how do I get my password back\"");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["answers"].size(), 3u);
+
+  r = run("validate --db " + db + " --test " + demo("heldout.json") + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto v = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(v["methods"].contains("student")) << r.out;
+  const auto& agreement = v["methods"]["student"]["agreement"];
+  for (const char* k : {"top10_overlap", "mean_cosine", "min_cosine"}) {
+    EXPECT_GT(agreement[k].get<double>(), 0.5) << k;
+    EXPECT_LE(agreement[k].get<double>(), 1.0 + 1e-9) << k;
+  }
+  r = run("validate --db " + db + " --test " + demo("heldout.json") + " --methods student");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("student vs teacher"), std::string::npos) << r.out;
+
+  // Export, then import into the copy: same answers.
+  const std::string file = (dir_ / "student.safetensors").string();
+  r = run("export --db " + db + " --out " + file);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("import --db " + other + " " + file);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("student imported"), std::string::npos) << r.out;
+  const std::string q = " --method student --json --top-k 5 \"can someone else see my albums\"";
+  EXPECT_EQ(run("query --db " + db + q).out, run("query --db " + other + q).out);
+
+  r = run("stats --db " + other + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["students"].size(), 1u);
+}
+
+TEST_F(CliDemo, EnsembleQueryValidateExportImport) {
+  const std::string db = (dir_ / "ensemble.db").string();
+  ASSERT_EQ(run("import --db " + db + " " + demo("clusters.json")).code, 0);
+  ASSERT_EQ(run("embed --db " + db + " --quiet").code, 0);
+  ASSERT_EQ(run("train --db " + db).code, 0);
+  const std::string other = (dir_ / "other.db").string();
+  fs::copy_file(db, other);
+
+  CliRun r = run("query --db " + db + " --method ensemble \"how do I get my password back\"");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("ldaproj ensemble"), std::string::npos) << r.out;
+
+  // A short run: three domains, small students, few epochs, one thread.
+  r = run("ensemble --db " + db + " --domains 3 --heads 4 --keys-per-head 4 --epochs 2 --samples 300 "
+          "--router-epochs 4 --router-samples 512 --threads 1 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto e = nlohmann::json::parse(r.out);
+  EXPECT_EQ(e["config"]["domains"], 3);
+  ASSERT_EQ(e["domains"].size(), 3u);
+  int heads = 0;
+  for (const auto& d : e["domains"]) heads += d["heads"].get<int>();
+  EXPECT_EQ(heads, 31);
+
+  r = run("validate --db " + db + " --test " + demo("heldout.json") + " --json --methods multi-head,ensemble");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto v = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(v["methods"].contains("ensemble")) << r.out;
+  for (const char* k : {"top10_overlap", "mean_cosine", "min_cosine"}) {
+    const double value = v["methods"]["ensemble"]["agreement"][k].get<double>();
+    EXPECT_GT(value, 0.0) << k;
+    EXPECT_LE(value, 1.0 + 1e-9) << k;
+  }
+  EXPECT_GT(v["methods"]["ensemble"]["parameters"].get<double>(), 0);
+
+  // One student per query gives a (possibly) different ranking but works.
+  r = run("query --db " + db + " --method ensemble --top-domains 1 --json \"how do I get my password back\"");
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  const std::string file = (dir_ / "ensemble.safetensors").string();
+  r = run("export --db " + db + " --ensemble --out " + file);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("import --db " + other + " " + file);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("ensemble imported"), std::string::npos) << r.out;
+  const std::string q = " --method ensemble --json --top-k 5 \"can someone else see my albums\"";
+  EXPECT_EQ(run("query --db " + db + q).out, run("query --db " + other + q).out);
+  r = run("stats --db " + other + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["ensembles"].size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(r.out)["students"].size(), 0u);
 }
 
 TEST(Cli, UsageErrorsExitTwo) {

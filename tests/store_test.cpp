@@ -1,6 +1,7 @@
 // Tests for the SQLite store: schema creation and versioning, refusal of
 // foreign files, embeddings (bit-exact, dimension and finiteness checks) and
-// projections (save/load, active switching, replacement by name).
+// projections (save/load, active switching, replacement by name) and the
+// students distilled from them.
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
@@ -83,6 +84,15 @@ bool same_bits(const float* a, const float* b, std::size_t n) {
   return true;
 }
 
+std::int64_t count_rows_for_test(const Store& store, const std::string& table) {
+  sqlite3_stmt* stmt = nullptr;
+  sqlite3_prepare_v2(store.impl().db, ("SELECT count(*) FROM " + table).c_str(), -1, &stmt, nullptr);
+  sqlite3_step(stmt);
+  const std::int64_t n = sqlite3_column_int64(stmt, 0);
+  sqlite3_finalize(stmt);
+  return n;
+}
+
 std::vector<std::int64_t> ids_of(const std::vector<PendingText>& pending) {
   std::vector<std::int64_t> ids;
   for (const auto& p : pending) ids.push_back(p.id);
@@ -103,10 +113,11 @@ TEST_F(StoreTest, CreatesSchemaInWalModeAndReopens) {
     first_dump = store_detail::logical_dump(store);
   }
   for (const char* table : {"clusters", "questions", "answers", "embedding_models", "question_embeddings",
-                            "answer_embeddings", "projections", "projection_heads", "import_batches"}) {
+                            "answer_embeddings", "projections", "projection_heads", "import_batches",
+                            "students", "student_tensors"}) {
     EXPECT_NE(first_dump.find(std::string("table ") + table + " (0 rows)"), std::string::npos) << table;
   }
-  EXPECT_NE(first_dump.find("user_version=1\n"), std::string::npos);
+  EXPECT_NE(first_dump.find("user_version=" + std::to_string(kSchemaVersion) + "\n"), std::string::npos);
 
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
@@ -466,4 +477,116 @@ TEST_F(StoreTest, ReaderSeesDataWhileWriterIsOpen) {
   const auto ids = ids_of(writer.missing_embeddings(model, EntityKind::Answer));
   writer.put_embeddings(model, EntityKind::Answer, ids, vectors_of(ids.size(), 2, 8));
   EXPECT_EQ(reader.embeddings(model, EntityKind::Answer).ids, ids);
+}
+
+namespace {
+
+// A small student for store tests: dim 4, 2 heads x 1 key, attention only.
+StudentWeights tiny_student(float fill) {
+  StudentConfig config;
+  config.dim = 4;
+  config.num_heads = 2;
+  config.keys_per_head = 1;
+  config.ff_dim = 6;
+  config.variant = StudentVariant::Attention;
+  StudentWeights w = StudentWeights::zeros(config);
+  float v = fill;
+  for (auto& t : w.tensors)
+    for (float& x : t.values) x = (v += 0.25f);
+  return w;
+}
+
+Projection one_head_projection(const Store& store, const std::string& name, const std::string& model, std::size_t dim) {
+  Projection p;
+  p.name = name;
+  p.model = model;
+  p.centroid_method = "mean";
+  Head head;
+  head.cluster_id = store.clusters().front().id;
+  head.centroid.assign(dim, 0.5f);
+  head.answer.assign(dim, 0.5f);
+  p.heads.push_back(head);
+  return p;
+}
+
+}  // namespace
+
+TEST_F(StoreTest, StudentsSaveLoadReplaceAndFollowTheirProjection) {
+  Store store = seeded_store();
+  store.ensure_model("mini", 4);
+  store.save_projection(one_head_projection(store, "teacher", "mini", 4));
+  EXPECT_FALSE(store.load_student().has_value());
+
+  StoredStudent student;
+  student.projection = "teacher";
+  student.weights = tiny_student(0.0f);
+  student.metrics_json = R"({"validation_cosine":0.99})";
+  store.save_student(student);
+  auto loaded = store.load_student();
+  ASSERT_TRUE(loaded.has_value());
+  EXPECT_EQ(loaded->projection, "teacher");
+  EXPECT_EQ(loaded->metrics_json, student.metrics_json);
+  EXPECT_EQ(loaded->weights.config.to_json(), student.weights.config.to_json());
+  ASSERT_EQ(loaded->weights.tensors.size(), student.weights.tensors.size());
+  for (std::size_t i = 0; i < student.weights.tensors.size(); ++i) {
+    EXPECT_EQ(loaded->weights.tensors[i].name, student.weights.tensors[i].name);
+    EXPECT_EQ(loaded->weights.tensors[i].shape, student.weights.tensors[i].shape);
+    EXPECT_TRUE(same_bits(loaded->weights.tensors[i].values.data(), student.weights.tensors[i].values.data(),
+                          student.weights.tensors[i].values.size()));
+  }
+  EXPECT_EQ(store.load_student("teacher")->id, loaded->id);
+  EXPECT_FALSE(store.load_student("missing").has_value());
+
+  // Distilling again replaces the student.
+  student.weights = tiny_student(1.0f);
+  store.save_student(student);
+  ASSERT_EQ(store.students().size(), 1u);
+  EXPECT_TRUE(store.students().front().weights.tensors.empty());
+  EXPECT_EQ(store.load_student()->weights.tensors.front().values, student.weights.tensors.front().values);
+  EXPECT_EQ(store.stats().students.size(), 1u);
+
+  // Retraining the teacher under the same name drops its stale student.
+  store.save_projection(one_head_projection(store, "teacher", "mini", 4));
+  EXPECT_FALSE(store.load_student("teacher").has_value());
+  EXPECT_EQ(count_rows_for_test(store, "student_tensors"), 0);
+}
+
+TEST_F(StoreTest, InvalidStudentsChangeNothing) {
+  Store store = seeded_store();
+  store.ensure_model("mini", 4);
+  store.ensure_model("wide", 8);
+  store.save_projection(one_head_projection(store, "teacher", "mini", 4));
+  store.save_projection(one_head_projection(store, "wide_teacher", "wide", 8));
+  StoredStudent good;
+  good.projection = "teacher";
+  good.weights = tiny_student(0.0f);
+  store.save_student(good);
+  const std::string before = store_detail::logical_dump(store);
+
+  StoredStudent s = good;
+  s.projection = "nobody";
+  EXPECT_NE(message_of([&] { store.save_student(s); }).find("no projection \"nobody\""), std::string::npos);
+  s = good;
+  s.projection = "wide_teacher";  // 4-d student for an 8-d model
+  EXPECT_NE(message_of([&] { store.save_student(s); }).find("dimension 4"), std::string::npos);
+  s = good;
+  s.weights.tensors.back().values[0] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_NE(message_of([&] { store.save_student(s); }).find("non-finite"), std::string::npos);
+  s = good;
+  s.weights.tensors.pop_back();
+  EXPECT_NE(message_of([&] { store.save_student(s); }).find("missing"), std::string::npos);
+  s = good;
+  s.metrics_json = "[1]";
+  EXPECT_NE(message_of([&] { store.save_student(s); }).find("JSON object"), std::string::npos);
+  EXPECT_EQ(store_detail::logical_dump(store), before);
+}
+
+TEST_F(StoreTest, VersionOneDatabaseIsMigratedToStudents) {
+  const fs::path path = file("v1.db");
+  raw_exec(path, std::string(schema::migrations()[0].sql) + "; PRAGMA user_version = 1;");
+  Store store = Store::open(path);
+  EXPECT_EQ(store.stats().schema_version, kSchemaVersion);
+  EXPECT_TRUE(store.students().empty());
+  const std::string dump = store_detail::logical_dump(store);
+  EXPECT_NE(dump.find("table students (0 rows)"), std::string::npos) << dump;
 }

@@ -1,4 +1,5 @@
-// Retrieval evaluation: held-out test files and Recall@k / MRR@10.
+// Retrieval evaluation: held-out test files, Recall@k / MRR@10, and how
+// closely a student agrees with its teacher.
 #pragma once
 #include <cstddef>
 #include <filesystem>
@@ -28,5 +29,19 @@ struct RetrievalMetrics {
 // the first k results. results[i] must hold at least 10 answers for exact MRR@10.
 RetrievalMetrics score_results(const std::vector<QueryResult>& results,
                                const std::vector<std::string>& expected_clusters);
+
+// Agreement of a student with its teacher on the same queries.
+struct Agreement {
+  std::size_t queries = 0;
+  double top10_overlap = 0;  // mean |student top-10 answers ∩ teacher top-10| / 10
+  double mean_cosine = 0;    // cosine between the two projected embeddings
+  double min_cosine = 0;
+};
+
+// student/teacher: projected embeddings (queries x dim), and the ranked
+// results of each (at least 10 answers each for an exact overlap; fewer
+// available answers count over what is there).
+Agreement agreement(const Matrix& student, const Matrix& teacher, const std::vector<QueryResult>& student_results,
+                    const std::vector<QueryResult>& teacher_results);
 
 }  // namespace ldaproj

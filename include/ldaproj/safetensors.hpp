@@ -1,8 +1,11 @@
-// Reader for the safetensors format (JSON header + raw little-endian tensors).
+// Reader and float32 writer for the safetensors format (JSON header + raw
+// little-endian tensors).
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -35,6 +38,9 @@ class SafeTensorsFile {
                               const std::vector<std::int64_t>& expected_shape = {}) const;
 
   const std::filesystem::path& path() const;
+  // The header's "__metadata__" string map (empty when absent). open() rejects
+  // a __metadata__ that is not an object of strings.
+  const std::map<std::string, std::string>& metadata() const;
 
   SafeTensorsFile(SafeTensorsFile&&) noexcept;
   SafeTensorsFile& operator=(SafeTensorsFile&&) noexcept;
@@ -45,5 +51,18 @@ class SafeTensorsFile {
   explicit SafeTensorsFile(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+struct TensorToWrite {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::span<const float> values;  // row-major, product(shape) values
+};
+
+// Writes F32 tensors (in the given order) and `metadata` as "__metadata__".
+// The file appears atomically (written beside it, then renamed). InputError on
+// duplicate or empty names, a shape that does not match the value count, or a
+// path that cannot be written.
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace ldaproj

@@ -1,5 +1,6 @@
 // Answering queries from a trained store by any method: the multi-head
-// teacher, the direct cosine baseline or the global-W baseline.
+// teacher, its distilled student, the direct cosine baseline or the global-W
+// baseline.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -14,10 +15,12 @@
 
 namespace ldaproj {
 
-enum class Method { MultiHead, Direct, GlobalW };
-std::string_view to_string(Method method);  // "multi-head", "direct", "global-w"
+enum class Method { MultiHead, Direct, GlobalW, SparseTeacher, Student, Ensemble };
+// "multi-head", "direct", "global-w", "sparse-teacher", "student", "ensemble"
+std::string_view to_string(Method method);
 Method parse_method(std::string_view name);  // accepts - or _; InputError otherwise
-inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead};
+inline constexpr Method kAllMethods[] = {Method::Direct, Method::GlobalW, Method::MultiHead,
+                                         Method::SparseTeacher, Method::Student, Method::Ensemble};
 
 struct RankedAnswer {
   std::int64_t cluster_id = 0;
@@ -38,32 +41,61 @@ struct SearchOptions {
   Method method = Method::MultiHead;
   std::size_t top_k = 5;
   std::optional<float> temperature;  // default: the projection's own
-  std::size_t routing_top = 0;       // > 0: return that many top heads (multi-head)
+  std::size_t routing_top = 0;       // > 0: return that many top heads (multi-head, sparse-teacher)
+  std::size_t route_k = 64;          // sparse-teacher: heads routed over per query
+  std::size_t top_domains = 0;       // ensemble: domains (students) run per query; 0: as trained
+  bool include_projection = false;   // fill QueryResult::projection
 };
 
 struct QueryResult {
   std::vector<RankedAnswer> answers;  // best first, one per cluster
   std::vector<RoutingEntry> routing;  // heaviest first
+  // sparse-teacher: bound on the softmax mass of the heads it left out.
+  float uncovered_mass_bound = 0.0f;
+  std::vector<float> projection;      // the vector answers were ranked by (include_projection)
+};
+
+struct SearcherOptions {
+  TeacherOptions teacher;  // storage precision and thread cap of the heads
+  // Answer corpora with at least this many answers are searched through an
+  // HNSW graph instead of exactly (answer_index_recall measures the cost).
+  std::size_t approximate_answers_from = 100000;
+  HnswOptions answer_index;
 };
 
 class Searcher {
  public:
-  // Loads the named projection (or the active one) with its heads, the answer
-  // corpus and, lazily, what global-W needs (so `store` must outlive the
-  // Searcher). `teacher` sets the heads' storage precision and thread cap.
-  // InputError when nothing is trained.
+  // Loads the named projection (or the active one) with its heads, its
+  // student and ensemble when they were trained, the answer corpus and, lazily, what
+  // global-W needs (so `store` must outlive the Searcher). InputError when
+  // nothing is trained.
   static Searcher load(const Store& store, const std::string& projection_name = {},
-                       const TeacherOptions& teacher = {});
+                       const SearcherOptions& options = {});
 
   // One result per query row (embeddings from the projection's model).
+  // Method::Student without a student is an InputError naming `ldaproj distill`.
   std::vector<QueryResult> search(const Matrix& query_embeddings,
                                   const SearchOptions& options) const;
+  // The unit-length vectors a method ranks answers by (queries x dim).
+  Matrix project(const Matrix& query_embeddings, const SearchOptions& options) const;
+  // Ranks answers for already projected unit vectors.
+  std::vector<QueryResult> rank(const Matrix& projected, std::size_t top_k) const;
+
+  bool has_student() const;
+  std::size_t student_parameters() const;  // 0 without a student
+  bool has_ensemble() const;
+  std::size_t ensemble_parameters() const;  // 0 without an ensemble
 
   const std::string& model_name() const;
   const std::string& projection_name() const;
   float temperature() const;
   std::size_t num_heads() const;
   std::size_t num_answers() const;
+  // Whether answers are searched through the HNSW graph, and if so the
+  // fraction of the exact top-k answers it returns for these (projected,
+  // unit) query embeddings; 1 for exact search.
+  bool answer_index_is_approximate() const;
+  double answer_index_recall(const Matrix& projected_queries, std::size_t k) const;
 
   Searcher(Searcher&&) noexcept;
   Searcher& operator=(Searcher&&) noexcept;
@@ -72,6 +104,7 @@ class Searcher {
  private:
   struct Impl;
   explicit Searcher(std::unique_ptr<Impl> impl);
+  void check_queries(const Matrix& queries) const;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,5 +1,6 @@
 // The SQLite store: clusters, questions, answers, embedding models,
-// embeddings, multi-head projections with their heads, and import batches.
+// embeddings, multi-head projections with their heads, the students distilled
+// from them, and import batches.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -9,10 +10,11 @@
 #include <vector>
 
 #include "ldaproj/matrix.hpp"
+#include "ldaproj/student.hpp"
 
 namespace ldaproj {
 
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 3;
 
 struct Cluster {
   std::int64_t id = 0;
@@ -74,6 +76,26 @@ struct Projection {
   std::vector<Head> heads;      // filled by load_projection only
 };
 
+// A student distilled from a projection (at most one per projection).
+struct StoredStudent {
+  std::int64_t id = 0;
+  std::string projection;       // name of the projection it was distilled from
+  StudentWeights weights;       // tensors empty when listed by students()
+  std::string metrics_json;     // free-form JSON object, "{}" when none
+  std::string created_at;       // ISO-8601 UTC
+};
+
+// A hierarchical ensemble trained for a projection (at most one per
+// projection), as named tensors; ldaproj/ensemble.hpp gives them meaning.
+struct StoredEnsemble {
+  std::int64_t id = 0;
+  std::string projection;
+  std::string config_json;
+  std::vector<StudentTensor> tensors;  // empty when listed by ensembles()
+  std::string metrics_json;            // free-form JSON object, "{}" when none
+  std::string created_at;              // ISO-8601 UTC
+};
+
 struct ImportBatch {
   std::int64_t id = 0;
   std::string file;  // absolute path as given at import time
@@ -86,6 +108,8 @@ struct StoreStats {
   std::int64_t clusters = 0, questions = 0, answers = 0, batches = 0;
   std::vector<std::pair<std::string, std::int64_t>> embeddings_per_model;
   std::vector<Projection> projections;  // without heads
+  std::vector<StoredStudent> students;  // without tensors
+  std::vector<StoredEnsemble> ensembles;  // without tensors
   int schema_version = 0;
 };
 
@@ -148,6 +172,24 @@ class Store {
   // The named projection, or the active one when name is empty; nullopt if none.
   std::optional<Projection> load_projection(const std::string& name = {}) const;
   std::vector<Projection> projections() const;  // without heads
+
+  // Stores `student` as the student of the projection it names, replacing an
+  // earlier one, in one transaction. Returns its id. InputError when the
+  // projection does not exist, the weights do not match their config or
+  // their dimension is not the projection's model's; nothing is written then.
+  std::int64_t save_student(const StoredStudent& student);
+  // The student of the named projection (or the active one when empty).
+  std::optional<StoredStudent> load_student(const std::string& projection_name = {}) const;
+  std::vector<StoredStudent> students() const;  // without tensors
+
+  // Stores the ensemble of the projection it names, replacing an earlier
+  // one, in one transaction. InputError when the projection does not exist,
+  // the config is not a JSON object or a tensor is malformed or not finite;
+  // nothing is written then.
+  std::int64_t save_ensemble(const StoredEnsemble& ensemble);
+  // The ensemble of the named projection (or the active one when empty).
+  std::optional<StoredEnsemble> load_ensemble(const std::string& projection_name = {}) const;
+  std::vector<StoredEnsemble> ensembles() const;  // without tensors
 
   std::vector<ImportBatch> batches() const;
   StoreStats stats() const;

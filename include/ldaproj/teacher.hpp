@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ldaproj/index.hpp"
 #include "ldaproj/matrix.hpp"
 
 namespace ldaproj {
@@ -66,6 +67,9 @@ class MultiHeadProjection {
   Matrix answers() const;
   // Bytes of head storage one query reads.
   std::size_t storage_bytes() const;
+  // One head's unit centroid / answer as fp32 into out[0, dim).
+  void centroid_row(std::size_t head, float* out) const;
+  void answer_row(std::size_t head, float* out) const;
 
   // Cosine similarity of every query to every centroid (queries x heads).
   // Queries are normalised internally (InputError on zero queries).
@@ -89,6 +93,40 @@ class MultiHeadProjection {
   std::shared_ptr<const Storage> storage_;  // immutable, shared by copies
   float temperature_ = kDefaultTemperature;
   TeacherOptions options_;
+};
+
+// How one query was routed by the sparse teacher.
+struct SparseRouting {
+  std::vector<std::size_t> heads;  // the heads used, heaviest first
+  std::vector<float> weights;      // softmax over those heads only
+  std::vector<float> similarity;   // cosine to each head's centroid
+  // Upper bound on the softmax mass of the heads left out, if the index found
+  // the true top heads: with s_1 >= ... >= s_k the scores found,
+  //   X = (n - k) exp((s_k - s_1)/t),  bound = X / (sum_i exp((s_i - s_1)/t) + X).
+  float uncovered_mass_bound = 0.0f;
+};
+
+// The teacher restricted to the route_k heads whose centroids are nearest the
+// query, found by an HNSW index over the centroids: exact scores and softmax
+// over those heads, then their weighted answers. O(route_k * d) per query
+// after the graph search, instead of O(n * d).
+class SparseMultiHeadProjection {
+ public:
+  explicit SparseMultiHeadProjection(MultiHeadProjection dense, HnswOptions index_options = {});
+
+  // Projected unit embeddings (queries x dim); `routing` (optional) gets one
+  // entry per query. route_k is capped at the number of heads.
+  Matrix project(const Matrix& queries, float temperature, std::size_t route_k,
+                 std::vector<SparseRouting>* routing = nullptr) const;
+
+  const MultiHeadProjection& dense() const { return dense_; }
+  const HnswIndex& index() const { return *index_; }
+  // Memory of the centroid index (the head storage is shared with dense()).
+  std::size_t index_bytes() const { return index_->memory_bytes(); }
+
+ private:
+  MultiHeadProjection dense_;
+  std::shared_ptr<const HnswIndex> index_;
 };
 
 // Baseline: one linear map for all clusters,

@@ -1,27 +1,40 @@
-// The ldaproj command line: import, embed, train, query, validate, stats,
-// encode. Exit codes: 0 ok, 1 failure, 2 usage.
+// The ldaproj command line: import, embed, train, distill, query, validate,
+// stats, export, synth, bench, domains, ensemble, encode, serve. Exit codes: 0 ok, 1 failure, 2 usage.
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "cli/progress.hpp"
+#include "cli/scale_commands.hpp"
+#include "ldaproj/distill.hpp"
+#include "ldaproj/ensemble.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/eval.hpp"
 #include "ldaproj/importer.hpp"
 #include "ldaproj/search.hpp"
+#include "ldaproj/server.hpp"
 #include "ldaproj/store.hpp"
+#include "ldaproj/student.hpp"
 #include "ldaproj/train.hpp"
 #include "text/utf8.hpp"
 
@@ -62,15 +75,34 @@ struct EncoderFlags {
 // How commands that route queries keep the teacher's heads.
 struct TeacherFlags {
   std::string precision = "fp32";
+  std::size_t route_k = 64;
+  std::size_t top_domains = 0;
+  std::size_t approximate_answers_from = SearcherOptions{}.approximate_answers_from;
 
   void add_to(CLI::App& cmd) {
+    cmd.add_option("--route-k", route_k,
+                   "sparse-teacher: route each query over this many nearest heads (HNSW over the centroids)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    cmd.add_option("--top-domains", top_domains,
+                   "ensemble: students run per query (the heaviest domains by the meta-router; default: as trained)");
+    cmd.add_option("--approximate-answers-from", approximate_answers_from,
+                   "Search the answers through an HNSW graph when there are at least this many (else exactly)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
     cmd.add_option("--precision", precision,
                    "Storage of centroids and answers for routing: fp32, bf16 (half the memory "
                    "traffic) or int8 (a quarter); see docs/BENCHMARKS.md for the accuracy cost")
         ->capture_default_str();
   }
 
-  TeacherOptions options(const EncoderFlags& enc) const { return {parse_precision(precision), enc.threads}; }
+  SearcherOptions options(const EncoderFlags& enc) const {
+    SearcherOptions o;
+    o.teacher = {parse_precision(precision), enc.threads};
+    o.approximate_answers_from = approximate_answers_from;
+    o.answer_index.threads = enc.threads;
+    return o;
+  }
 };
 
 void require_existing_db(const std::string& db) {
@@ -148,9 +180,75 @@ auto while_doing(const std::string& doing, Action&& action) {
 }
 
 // ---------------------------------------------------------------- import
-int run_import(const std::string& db, const std::vector<std::string>& files) {
+bool is_student_file(const std::string& file) { return fs::path(file).extension() == ".safetensors"; }
+
+// A student from safetensors (ours or PyTorch's) for a projection.
+void import_student(Store& store, const std::string& file, const std::string& projection_name) {
+  std::map<std::string, std::string> metadata;
+  StudentWeights weights = read_student_safetensors(file, &metadata);
+  const auto projection = store.load_projection(projection_name);
+  if (!projection) {
+    throw InputError(file + ": there is no " +
+                     (projection_name.empty() ? std::string("trained projection") : "projection \"" + projection_name + "\"") +
+                     " in " + store.path().string() + " to attach the student to; run `ldaproj train` first");
+  }
+  if (auto model = metadata.find("model"); model != metadata.end() && model->second != projection->model) {
+    throw InputError(file + ": the student was distilled on " + model->second + " embeddings, projection \"" +
+                     projection->name + "\" uses " + projection->model);
+  }
+  StoredStudent student;
+  student.projection = projection->name;
+  student.weights = std::move(weights);
+  // Metrics from our own export come back; anything else starts empty.
+  const auto metrics = metadata.find("metrics");
+  const bool has_metrics = metrics != metadata.end() && json::accept(metrics->second) &&
+                           json::parse(metrics->second).is_object();
+  student.metrics_json = has_metrics ? metrics->second : "{}";
+  store.save_student(student);
+  std::printf("%s: student imported for projection \"%s\" (%zu parameters, %s, %zu layer(s))\n", file.c_str(),
+              projection->name.c_str(), student.weights.parameter_count(),
+              std::string(to_string(student.weights.config.variant)).c_str(), student.weights.config.layers);
+}
+
+// An ensemble from our own export, for a projection with the same number of heads.
+void import_ensemble(Store& store, const std::string& file, const std::string& projection_name) {
+  std::map<std::string, std::string> metadata;
+  const EnsembleWeights weights = read_ensemble_safetensors(file, &metadata);
+  const auto projection = store.load_projection(projection_name);
+  if (!projection) {
+    throw InputError(file + ": there is no " +
+                     (projection_name.empty() ? std::string("trained projection") : "projection \"" + projection_name + "\"") +
+                     " in " + store.path().string() + " to attach the ensemble to; run `ldaproj train` first");
+  }
+  if (auto model = metadata.find("model"); model != metadata.end() && model->second != projection->model) {
+    throw InputError(file + ": the ensemble was trained on " + model->second + " embeddings, projection \"" +
+                     projection->name + "\" uses " + projection->model);
+  }
+  if (weights.domain_of_head.size() != projection->heads.size()) {
+    throw InputError(file + ": the ensemble was trained for " + std::to_string(weights.domain_of_head.size()) +
+                     " heads, projection \"" + projection->name + "\" has " + std::to_string(projection->heads.size()));
+  }
+  const auto metrics = metadata.find("metrics");
+  const bool has_metrics = metrics != metadata.end() && json::accept(metrics->second) &&
+                           json::parse(metrics->second).is_object();
+  store.save_ensemble(to_stored_ensemble(weights, projection->name, has_metrics ? metrics->second : "{}"));
+  std::printf("%s: ensemble imported for projection \"%s\" (%zu domains, %zu parameters)\n", file.c_str(),
+              projection->name.c_str(), weights.config.domains, weights.parameter_count());
+}
+
+int run_import(const std::string& db, const std::vector<std::string>& files, const std::string& projection) {
   Store store = Store::open(db);
   for (const auto& file : files) {
+    if (is_student_file(file)) {
+      while_doing("importing " + file + " into " + db, [&] {
+        if (is_ensemble_safetensors(file)) {
+          import_ensemble(store, file, projection);
+        } else {
+          import_student(store, file, projection);
+        }
+      });
+      continue;
+    }
     const ImportReport r = while_doing("importing " + file + " into " + db, [&] { return import_file(store, file); });
     const char* what = r.outcome == ImportOutcome::Unchanged ? "unchanged, skipped"
                        : r.outcome == ImportOutcome::Updated ? "updated"
@@ -216,6 +314,134 @@ int run_train(const std::string& db, const std::string& embedding_model, float t
   return 0;
 }
 
+// ---------------------------------------------------------------- distill
+struct DistillFlags {
+  DistillOptions options;
+  std::string projection, variant = "block", init = "teacher", schedule = "cosine", sources = "all";
+  bool as_json = false, quiet = false;
+};
+
+std::string fixed(double v, int digits) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+int run_distill(const std::string& db, DistillFlags f) {
+  require_existing_db(db);
+  Store store = Store::open(db);
+  f.options.config.variant = parse_student_variant(f.variant);
+  f.options.init = parse_student_init(f.init);
+  f.options.schedule = parse_lr_schedule(f.schedule);
+  f.options.data.sources = parse_data_sources(f.sources);
+
+  // A bar per epoch with the running loss on a terminal; one line per epoch.
+  std::unique_ptr<Progress> bar;
+  DistillObserver observer;
+  const bool show = !f.quiet && !f.as_json;
+  if (show) {
+    observer.on_batch = [&bar](const DistillProgress& p) {
+      if (p.batch == 1) {
+        bar = std::make_unique<Progress>("epoch " + std::to_string(p.epoch) + "/" + std::to_string(p.epochs),
+                                         p.batches, isatty(fileno(stderr)) == 0);
+      }
+      char note[64];
+      std::snprintf(note, sizeof note, "loss %.5f", p.train_loss);
+      bar->set_note(note);
+      bar->advance(1);
+    };
+    observer.on_epoch = [](const DistillEpoch& e) {
+      std::fprintf(stderr, "epoch %zu: train loss %.5f  validation loss %.5f  cosine %.4f  lr %.2g  %.1fs%s\n",
+                   e.epoch, e.train_loss, e.validation_loss, e.validation_cosine, e.lr, e.seconds,
+                   e.improved ? "  (best)" : "");
+    };
+  }
+  const StoreDistillReport result = distill_projection(store, f.projection, f.options, observer);
+  const DistillReport& r = result.report;
+  const auto projection = store.load_projection(result.projection);
+  const std::size_t teacher_floats = 2 * projection->heads.size() * r.weights.config.dim;
+  double best_cosine = r.initial_validation_cosine;
+  for (const auto& e : r.history)
+    if (e.epoch == r.best_epoch) best_cosine = e.validation_cosine;
+  if (f.as_json) {
+    json out{{"projection", result.projection},
+             {"config", json::parse(r.weights.config.to_json())},
+             {"init", std::string(to_string(f.options.init))},
+             {"parameters", r.weights.parameter_count()},
+             {"teacher_parameters", teacher_floats},
+             {"train_samples", r.train_samples},
+             {"validation_samples", r.validation_samples},
+             {"validation_questions", r.validation_questions},
+             {"per_source", r.per_source},
+             {"epochs_run", r.history.size()},
+             {"best_epoch", r.best_epoch},
+             {"stopped_early", r.stopped_early},
+             {"seconds", r.seconds},
+             {"initial_validation_cosine", r.initial_validation_cosine},
+             {"validation_cosine", best_cosine},
+             {"history", json::array()}};
+    for (const auto& e : r.history) {
+      out["history"].push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"validation_loss", e.validation_loss},
+                                {"validation_cosine", e.validation_cosine}, {"lr", e.lr}, {"seconds", e.seconds}});
+    }
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  std::printf("distilled projection \"%s\" into a %s student: %zu heads x %zu keys, %zu layer(s), %zu parameters "
+              "(teacher %zu floats)\n",
+              result.projection.c_str(), std::string(to_string(r.weights.config.variant)).c_str(),
+              r.weights.config.num_heads, r.weights.config.keys_per_head, r.weights.config.layers,
+              r.weights.parameter_count(), teacher_floats);
+  std::printf("  %zu training inputs, %zu validation inputs (%zu held-out questions); best epoch %zu of %zu%s, %.1fs\n",
+              r.train_samples, r.validation_samples, r.validation_questions, r.best_epoch, r.history.size(),
+              r.stopped_early ? " (stopped early)" : "", r.seconds);
+  std::printf("  validation cosine to the teacher: %s at init, %s after training (saved)\n",
+              fixed(r.initial_validation_cosine, 4).c_str(), fixed(best_cosine, 4).c_str());
+  return 0;
+}
+
+// ---------------------------------------------------------------- export
+int run_export_ensemble(const Store& store, const std::string& db, const std::string& projection_name,
+                        const std::string& out_file) {
+  const auto stored = store.load_ensemble(projection_name);
+  if (!stored) {
+    throw InputError((projection_name.empty() ? std::string("the active projection") : "projection \"" + projection_name + "\"") +
+                     " in " + db + " has no ensemble; train one with `ldaproj ensemble --db " + db + "`");
+  }
+  const EnsembleWeights weights = *load_ensemble_weights(store, stored->projection);
+  const auto projection = store.load_projection(stored->projection);
+  write_ensemble_safetensors(out_file, weights,
+                             {{"projection", stored->projection},
+                              {"model", projection->model},
+                              {"teacher_temperature", std::to_string(projection->temperature)},
+                              {"metrics", stored->metrics_json},
+                              {"created_at", stored->created_at}});
+  std::printf("%s: ensemble of projection \"%s\" (%zu domains, %zu parameters)\n", out_file.c_str(),
+              stored->projection.c_str(), weights.config.domains, weights.parameter_count());
+  return 0;
+}
+
+int run_export(const std::string& db, const std::string& projection_name, const std::string& out_file, bool ensemble) {
+  require_existing_db(db);
+  Store store = Store::open_read_only(db);
+  if (ensemble) return run_export_ensemble(store, db, projection_name, out_file);
+  const auto student = store.load_student(projection_name);
+  if (!student) {
+    throw InputError((projection_name.empty() ? std::string("the active projection") : "projection \"" + projection_name + "\"") +
+                     " in " + db + " has no student; distil one with `ldaproj distill --db " + db + "`");
+  }
+  const auto projection = store.load_projection(student->projection);
+  write_student_safetensors(out_file, student->weights,
+                            {{"projection", student->projection},
+                             {"model", projection->model},
+                             {"teacher_temperature", std::to_string(projection->temperature)},
+                             {"metrics", student->metrics_json},
+                             {"created_at", student->created_at}});
+  std::printf("%s: student of projection \"%s\" (%zu parameters)\n", out_file.c_str(), student->projection.c_str(),
+              student->weights.parameter_count());
+  return 0;
+}
+
 // ---------------------------------------------------------------- query
 struct QueryFlags {
   std::string method = "multi-head";
@@ -266,6 +492,8 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
   options.top_k = f.top_k;
   options.temperature = f.temperature;
   options.routing_top = (f.show_routing || f.as_json) ? f.routing_top : 0;
+  options.route_k = teacher.route_k;
+  options.top_domains = teacher.top_domains;
   const auto results = searcher.search(encoder.encode(texts), options);
 
   for (std::size_t i = 0; i < texts.size(); ++i) {
@@ -283,6 +511,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
           out["routing"].push_back({{"cluster", h.cluster}, {"weight", h.weight}, {"similarity", h.similarity}});
         }
       }
+      if (options.method == Method::SparseTeacher) out["uncovered_mass_bound"] = r.uncovered_mass_bound;
       std::cout << out.dump() << "\n";
       continue;
     }
@@ -345,10 +574,18 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   }
   const Matrix queries = encoder.encode(texts);
   const float tau = temperature.value_or(searcher.temperature());
+  std::optional<double> answer_recall;
+  if (searcher.answer_index_is_approximate()) {
+    Matrix unit = queries;
+    normalize_rows(unit, "query");
+    answer_recall = searcher.answer_index_recall(unit, 10);
+  }
 
   std::vector<Method> methods;
   if (methods_flag.empty()) {
-    methods.assign(std::begin(kAllMethods), std::end(kAllMethods));
+    for (Method m : kAllMethods)
+      if ((m != Method::Student || searcher.has_student()) && (m != Method::Ensemble || searcher.has_ensemble()))
+        methods.push_back(m);
   } else {
     std::stringstream ss(methods_flag);
     std::string m;
@@ -358,14 +595,43 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   json out{{"queries", tests.size()}, {"temperature", tau}, {"projection", searcher.projection_name()},
            {"methods", json::object()}};
   std::vector<std::pair<Method, RetrievalMetrics>> table;
+  std::map<Method, Agreement> agreements;  // student and ensemble vs the teacher
   for (Method m : methods) {
     SearchOptions options;
     options.method = m;
     options.top_k = 10;
     options.temperature = tau;
-    const RetrievalMetrics metrics = score_results(searcher.search(queries, options), expected);
+    options.route_k = teacher.route_k;
+    options.top_domains = teacher.top_domains;
+    const auto results = searcher.search(queries, options);
+    const RetrievalMetrics metrics = score_results(results, expected);
     table.emplace_back(m, metrics);
     out["methods"][method_key(m)] = metrics_json(metrics);
+    if (m == Method::SparseTeacher && !results.empty()) {
+      double mean = 0, worst = 0;
+      for (const QueryResult& r : results) {
+        mean += r.uncovered_mass_bound;
+        worst = std::max(worst, double(r.uncovered_mass_bound));
+      }
+      out["methods"][method_key(m)]["route_k"] = teacher.route_k;
+      out["methods"][method_key(m)]["uncovered_mass_bound"] = {{"mean", mean / double(results.size())},
+                                                               {"max", worst}};
+    }
+    if (m == Method::Student || m == Method::Ensemble) {
+      // Against the teacher it was distilled from: the projection's own temperature.
+      const Matrix projected = searcher.project(queries, options);
+      SearchOptions teacher_options = options;
+      teacher_options.method = Method::MultiHead;
+      teacher_options.temperature = searcher.temperature();
+      const Matrix teacher_projected = searcher.project(queries, teacher_options);
+      const Agreement a = agreement(projected, teacher_projected, results,
+                                    searcher.rank(teacher_projected, options.top_k));
+      agreements[m] = a;
+      json& entry = out["methods"][method_key(m)];
+      entry["agreement"] = {{"top10_overlap", a.top10_overlap}, {"mean_cosine", a.mean_cosine},
+                            {"min_cosine", a.min_cosine}};
+      entry["parameters"] = m == Method::Student ? searcher.student_parameters() : searcher.ensemble_parameters();
+    }
   }
   std::vector<std::pair<float, RetrievalMetrics>> sweep_rows;
   if (!sweep.empty()) {
@@ -381,16 +647,26 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
       out["sweep"].push_back(row);
     }
   }
+  if (answer_recall) out["answer_index"] = {{"kind", "hnsw"}, {"recall_at_10", *answer_recall}};
   if (as_json) {
     std::cout << out.dump() << "\n";
     return 0;
   }
-  std::printf("%zu held-out queries, projection \"%s\" (%zu heads), temperature %g\n\n", tests.size(),
+  std::printf("%zu held-out queries, projection \"%s\" (%zu heads), temperature %g\n", tests.size(),
               searcher.projection_name().c_str(), searcher.num_heads(), tau);
-  std::printf("  %-12s %8s %8s %8s\n", "method", "R@1", "R@5", "MRR@10");
+  if (answer_recall) {
+    std::printf("answers searched through an HNSW graph: recall@10 %.3f against exact search\n", *answer_recall);
+  }
+  std::printf("\n");
+  std::printf("  %-15s %8s %8s %8s\n", "method", "R@1", "R@5", "MRR@10");
   for (const auto& [m, r] : table) {
-    std::printf("  %-12s %8s %8s %8.3f\n", std::string(to_string(m)).c_str(),
+    std::printf("  %-15s %8s %8s %8.3f\n", std::string(to_string(m)).c_str(),
                 percent(r.recall_at_1).c_str(), percent(r.recall_at_5).c_str(), r.mrr_at_10);
+  }
+  for (const auto& [m, a] : agreements) {
+    std::printf("\n  %s vs teacher (temperature %g): top-10 overlap %s, cosine mean %.4f, min %.4f\n",
+                std::string(to_string(m)).c_str(), searcher.temperature(), percent(a.top10_overlap).c_str(),
+                a.mean_cosine, a.min_cosine);
   }
   if (!sweep_rows.empty()) {
     std::printf("\n  multi-head over temperature:\n  %-12s %8s %8s %8s\n", "temperature", "R@1", "R@5", "MRR@10");
@@ -417,6 +693,18 @@ int run_stats(const std::string& db, bool as_json) {
                                   {"created_at", p.created_at},
                                   {"metrics", json::parse(p.metrics_json.empty() ? "{}" : p.metrics_json)}});
   }
+  out["students"] = json::array();
+  for (const auto& st : s.students) {
+    out["students"].push_back({{"projection", st.projection}, {"config", json::parse(st.weights.config.to_json())},
+                               {"created_at", st.created_at},
+                               {"metrics", json::parse(st.metrics_json.empty() ? "{}" : st.metrics_json)}});
+  }
+  out["ensembles"] = json::array();
+  for (const auto& e : s.ensembles) {
+    out["ensembles"].push_back({{"projection", e.projection}, {"config", json::parse(e.config_json)},
+                                {"created_at", e.created_at},
+                                {"metrics", json::parse(e.metrics_json.empty() ? "{}" : e.metrics_json)}});
+  }
   if (as_json) {
     std::cout << out.dump(2) << "\n";
     return 0;
@@ -432,6 +720,18 @@ int run_stats(const std::string& db, bool as_json) {
     std::printf("  projection %s%s: model %s, temperature %g, %s centroids, %s, metrics %s\n",
                 p.name.c_str(), p.active ? " (active)" : "", p.model.c_str(), p.temperature,
                 p.centroid_method.c_str(), p.created_at.c_str(), p.metrics_json.c_str());
+  }
+  for (const auto& st : s.students) {
+    const StudentConfig& c = st.weights.config;
+    std::printf("  student of %s: %s, %zu heads x %zu keys, %zu layer(s), %s, metrics %s\n", st.projection.c_str(),
+                std::string(to_string(c.variant)).c_str(), c.num_heads, c.keys_per_head, c.layers,
+                st.created_at.c_str(), st.metrics_json.c_str());
+  }
+  for (const auto& e : s.ensembles) {
+    const json config = json::parse(e.config_json);
+    std::printf("  ensemble of %s: %s domains, top %s per query, %s\n", e.projection.c_str(),
+                config.value("domains", json(0)).dump().c_str(), config.value("top_domains", json(0)).dump().c_str(),
+                e.created_at.c_str());
   }
   return 0;
 }
@@ -474,13 +774,79 @@ int run_encode(const EncoderFlags& enc, bool as_json, std::vector<std::string> t
   return 0;
 }
 
+// ---------------------------------------------------------------- serve
+// Signals reach the main loop through a pipe: the handler may run on any
+// thread (OpenBLAS starts its own before main) and may only write().
+int signal_pipe[2] = {-1, -1};
+
+extern "C" void forward_signal(int signo) {
+  const int saved = errno;
+  const unsigned char byte = static_cast<unsigned char>(signo);
+  [[maybe_unused]] const auto n = write(signal_pipe[1], &byte, 1);
+  errno = saved;
+}
+
+int run_serve(ServerOptions options, bool access_log) {
+  require_existing_db(options.db.string());
+  if (options.api_key.empty()) {
+    if (const char* key = std::getenv("LDAPROJ_API_KEY"); key && *key) options.api_key = key;
+  }
+  if (access_log) {
+    options.access_log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  }
+  const bool loopback = options.host == "127.0.0.1" || options.host == "localhost" || options.host == "::1";
+  if (!loopback && options.api_key.empty()) {
+    std::fprintf(stderr, "warning: serving on %s without --api-key: anyone who can reach this address "
+                 "can query the store\n", options.host.c_str());
+  }
+  if (pipe(signal_pipe) != 0) throw Error("cannot create the signal pipe");
+  fcntl(signal_pipe[1], F_SETFL, O_NONBLOCK);
+  struct sigaction action {};
+  action.sa_handler = forward_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  for (int signo : {SIGHUP, SIGINT, SIGTERM}) sigaction(signo, &action, nullptr);
+
+  Server server(options);
+  const int port = server.start();
+  const ServedModel m = server.served();
+  std::string methods;
+  for (const auto& name : m.methods) methods += (methods.empty() ? "" : ", ") + name;
+  std::printf("ldaproj serve: listening on http://%s:%d/ (projection \"%s\", %zu heads, %zu answers; "
+              "methods %s)%s\n",
+              options.host.find(':') != std::string::npos ? ("[" + options.host + "]").c_str() : options.host.c_str(),
+              port, m.projection.c_str(), m.heads, m.answers, methods.c_str(),
+              options.api_key.empty() ? "" : "; API key required");
+  std::printf("ldaproj serve: SIGHUP or POST /v1/reload reloads the model; Ctrl-C stops\n");
+  std::fflush(stdout);
+
+  for (;;) {
+    unsigned char signo = 0;
+    const ssize_t n = read(signal_pipe[0], &signo, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || signo != SIGHUP) break;
+    try {
+      const ServedModel fresh = server.reload();
+      std::printf("ldaproj serve: reloaded projection \"%s\" (generation %llu, %zu heads)\n",
+                  fresh.projection.c_str(), static_cast<unsigned long long>(fresh.generation), fresh.heads);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ldaproj serve: reload failed, still serving the previous model: %s\n", e.what());
+    }
+    std::fflush(stdout);
+  }
+  std::printf("ldaproj serve: stopping\n");
+  std::fflush(stdout);
+  server.stop();
+  return 0;
+}
+
 }  // namespace
 }  // namespace ldaproj::cli
 
 int main(int argc, char** argv) {
   using namespace ldaproj::cli;
   CLI::App app{"ldaproj: question->answer semantic search by multi-head projection.\n"
-               "Typical flow: import -> embed -> train -> query/validate."};
+               "Typical flow: import -> embed -> train [-> distill / ensemble] -> query/validate/serve."};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("ldaproj ") + LDAPROJ_VERSION_STRING);
 
@@ -490,13 +856,20 @@ int main(int argc, char** argv) {
   };
 
   std::vector<std::string> files;
-  auto* import_cmd = app.add_subcommand("import", "Import Q-A clusters from JSON (original format) or JSONL files");
+  std::string import_projection;
+  auto* import_cmd = app.add_subcommand("import", "Import Q-A clusters from JSON (original format) or JSONL files, "
+                                                  "or a student or ensemble from .safetensors");
   add_db(import_cmd);
   import_cmd->add_option("files", files, "Files to import; each is one transaction")->required()->check(CLI::ExistingFile);
+  import_cmd->add_option("--projection", import_projection,
+                         "Projection a .safetensors student belongs to (default: the active one)");
   import_cmd->footer(
       "Formats: {\"clusters\":[{\"id\", \"answers\":{\"default\":...}, \"queries\":{\"short\":[...],...}}]}\n"
       "or JSON Lines {\"cluster\",\"question\"[,\"length\"]} / {\"cluster\",\"answer\"[,\"variant\"]}.\n"
-      "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch.");
+      "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch.\n"
+      "A .safetensors file is a student (from `ldaproj export` or PyTorch, config in __metadata__) and\n"
+      "replaces the projection's student, or an ensemble (from `ldaproj export --ensemble`) and replaces\n"
+      "the projection's ensemble.");
 
   EncoderFlags enc;
   std::size_t embed_batch = 64;
@@ -518,6 +891,69 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"mean", "reweighted"}));
   train_cmd->add_option("--embedding-model", embedding_model, "Embedding model name when the store holds several");
 
+  DistillFlags df;
+  auto* distill_cmd = app.add_subcommand("distill", "Distil the teacher into a student transformer with learned keys/values");
+  add_db(distill_cmd);
+  {
+    ldaproj::DistillOptions& o = df.options;
+    distill_cmd->add_option("--projection", df.projection, "Projection to distil (default: the active one)");
+    distill_cmd->add_option("--heads", o.config.num_heads, "Attention heads (must divide the embedding dimension)")
+        ->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--keys-per-head", o.config.keys_per_head, "Learned keys per head (keys = heads x this)")
+        ->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--layers", o.config.layers, "Stacked blocks")->capture_default_str()->check(CLI::Range(1, 64));
+    distill_cmd->add_option("--variant", df.variant, "attention, mlp-attention or block")
+        ->capture_default_str()->check(CLI::IsMember({"attention", "mlp-attention", "block"}));
+    distill_cmd->add_option("--ff-dim", o.config.ff_dim, "FFN/MLP hidden width (default: 2 x dim)");
+    distill_cmd->add_option("--init", df.init, "teacher (keys from k-means of the centroids, values from their answers) or random")
+        ->capture_default_str()->check(CLI::IsMember({"teacher", "random"}));
+    distill_cmd->add_option("--epochs", o.epochs, "Maximum epochs")->capture_default_str()->check(CLI::Range(1, 100000));
+    distill_cmd->add_option("--batch-size", o.batch_size, "Inputs per step")->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--lr", o.lr, "Peak AdamW learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--weight-decay", o.weight_decay, "AdamW weight decay (weight matrices only)")->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--schedule", df.schedule, "LR schedule: cosine, step (x0.3 every third) or constant")
+        ->capture_default_str()->check(CLI::IsMember({"cosine", "step", "constant"}));
+    distill_cmd->add_option("--patience", o.patience, "Stop after this many epochs without validation improvement (0: never)")
+        ->capture_default_str();
+    distill_cmd->add_option("--mse-weight", o.mse_weight, "Weight of the squared error to the teacher's output")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--cosine-weight", o.cosine_weight, "Weight of 1 - cosine to the teacher's output")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--kl-weight", o.kl_weight,
+                            "Weight of KL(teacher routing pooled onto the key groups || student attention)")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--answer-weight", o.answer_weight,
+                            "Weight of the squared error of the scores of the teacher's top answers")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--answer-top-k", o.answer_top_k, "How many of the teacher's top answers that term scores")
+        ->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--samples", o.data.samples, "Generated training inputs (besides the questions)")
+        ->capture_default_str();
+    distill_cmd->add_option("--sources", df.sources,
+                            "Comma-separated: questions, perturbed, within, across, extrapolated, or all")
+        ->capture_default_str();
+    distill_cmd->add_option("--validation-fraction", o.data.validation_fraction,
+                            "Share of each cluster's questions held out for early stopping")
+        ->capture_default_str()->check(CLI::Range(0.0, 0.9));
+    distill_cmd->add_option("--noise", o.data.noise, "Largest noise level for perturbed inputs")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--seed", o.seed, "Seed for data, init and shuffling")->capture_default_str();
+    distill_cmd->add_option("--threads", o.threads, "Training threads (default: all cores)")->check(CLI::NonNegativeNumber);
+    distill_cmd->add_flag("--json", df.as_json, "Print one JSON object with the training history");
+    distill_cmd->add_flag("--quiet,-q", df.quiet, "No progress output");
+    distill_cmd->footer("The student is stored with the projection (replacing an earlier one) and used by\n"
+                        "`query --method student` and `validate`. Training uses libtorch.");
+  }
+
+  std::string export_projection, export_out;
+  bool export_ensemble = false;
+  auto* export_cmd = app.add_subcommand("export", "Write a projection's student (or ensemble) as safetensors (config in __metadata__)");
+  export_cmd->add_flag("--ensemble", export_ensemble, "Export the projection's ensemble instead of its student");
+  add_db(export_cmd);
+  export_cmd->add_option("--projection", export_projection, "Projection whose student to export (default: the active one)");
+  export_cmd->add_option("--out", export_out, "Output .safetensors file")->required();
+
   QueryFlags qf;
   std::vector<std::string> query_texts;
   std::optional<float> query_temperature;
@@ -526,7 +962,7 @@ int main(int argc, char** argv) {
   enc.add_to(*query_cmd);
   TeacherFlags teacher;
   teacher.add_to(*query_cmd);
-  query_cmd->add_option("--method", qf.method, "multi-head, direct or global-w")->capture_default_str();
+  query_cmd->add_option("--method", qf.method, "multi-head, student, ensemble, sparse-teacher, direct or global-w")->capture_default_str();
   query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(CLI::PositiveNumber);
   query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(CLI::PositiveNumber);
   query_cmd->add_option("--projection", qf.projection, "Projection name (default: the active one)");
@@ -547,7 +983,9 @@ int main(int argc, char** argv) {
       ->required()->check(CLI::ExistingFile);
   validate_cmd->add_option("--temperature", validate_temperature, "Temperature for multi-head (default: the projection's)")->check(CLI::PositiveNumber);
   validate_cmd->add_option("--sweep-temperature", sweep, "Comma-separated temperatures, e.g. 0.01,0.05,0.1,0.5,1");
-  validate_cmd->add_option("--methods", methods, "Comma-separated subset of direct,global-w,multi-head");
+  validate_cmd->add_option("--methods", methods,
+                           "Comma-separated subset of direct,global-w,multi-head,sparse-teacher,student,ensemble "
+                           "(default: all; student and ensemble when trained, with their agreement with the teacher)");
   validate_cmd->add_option("--projection", validate_projection, "Projection name (default: the active one)");
   validate_cmd->add_flag("--json", validate_json, "Print one JSON object");
 
@@ -563,6 +1001,46 @@ int main(int argc, char** argv) {
   encode_cmd->add_flag("--json", encode_json, "One JSON line {\"text\", \"embedding\"} per input (default: text<TAB>values)");
   encode_cmd->add_option("text", encode_texts, "Texts (default: read lines from standard input)");
 
+  ldaproj::ServerOptions serve_options;
+  bool serve_log = false;
+  std::string serve_db, serve_model;
+  auto* serve_cmd = app.add_subcommand("serve", "Serve the JSON API and the web page over HTTP");
+  serve_cmd->add_option("--db", serve_db, "SQLite database file with a trained projection")->required();
+  serve_cmd->add_option("--host", serve_options.host, "Address to listen on (loopback by default)")->capture_default_str();
+  serve_cmd->add_option("--port", serve_options.port, "TCP port; 0 picks a free one")->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  serve_cmd->add_option("--threads", serve_options.threads, "Request worker threads (default: cores, at least 4)")
+      ->check(CLI::NonNegativeNumber);
+  serve_cmd->add_option("--api-key", serve_options.api_key,
+                        "Require \"Authorization: Bearer KEY\" on /v1/* and /metrics (default: $LDAPROJ_API_KEY)");
+  serve_cmd->add_option("--projection", serve_options.projection, "Projection name (default: the active one)");
+  serve_cmd->add_option("--model", serve_model,
+                        "Model directory (default: $LDAPROJ_MODEL, else the bundled all-MiniLM-L6-v2)");
+  serve_cmd->add_option("--max-tokens", serve_options.max_tokens, "Encoder truncation in tokens")
+      ->capture_default_str()->check(CLI::Range(2, 512));
+  serve_cmd->add_option("--max-body-bytes", serve_options.max_body_bytes, "Largest request body")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--max-batch", serve_options.max_batch, "Most texts or embeddings per request")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--max-text-bytes", serve_options.max_text_bytes, "Longest text, in UTF-8 bytes")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--timeout", serve_options.timeout_seconds, "Seconds to read a request or write a response")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_flag("--log", serve_log, "Print one line per request to standard error");
+  serve_cmd->footer(
+      "Endpoints: POST /v1/search, /v1/project, /v1/embed, /v1/reload; GET /v1/clusters, /v1/info,\n"
+      "/healthz, /metrics; the web page at /. Errors are {\"error\":{\"code\",\"message\"}}.\n"
+      "SIGHUP (or POST /v1/reload) loads a newly trained model without dropping requests.\n"
+      "See docs/API.md.");
+  SynthCommand synth;
+  synth.add_to(app);
+  BenchCommand crossover;
+  crossover.add_to(app);
+  DomainsCommand domains;
+  domains.add_to(app);
+  EnsembleCommand ensemble;
+  ensemble.add_to(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -571,7 +1049,9 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*import_cmd) return run_import(db, files);
+    if (*import_cmd) return run_import(db, files, import_projection);
+    if (*distill_cmd) return run_distill(db, df);
+    if (*export_cmd) return run_export(db, export_projection, export_out, export_ensemble);
     if (*embed_cmd) return run_embed(db, enc, embed_batch, quiet);
     if (*train_cmd) return run_train(db, embedding_model, temperature, name, centroid);
     if (*query_cmd) {
@@ -584,6 +1064,15 @@ int main(int argc, char** argv) {
     }
     if (*stats_cmd) return run_stats(db, stats_json);
     if (*encode_cmd) return run_encode(enc, encode_json, encode_texts);
+    if (*serve_cmd) {
+      serve_options.db = serve_db;
+      serve_options.model_dir = serve_model;
+      return run_serve(serve_options, serve_log);
+    }
+    if (*synth.command) return synth.run();
+    if (*crossover.command) return crossover.run();
+    if (*domains.command) return domains.run();
+    if (*ensemble.command) return ensemble.run();
   } catch (const ldaproj::InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -15,6 +15,9 @@ class Progress {
       : label_(std::move(label)), total_(total), quiet_(quiet),
         tty_(isatty(fileno(stderr)) != 0), start_(Clock::now()), last_(start_) {}
 
+  // Text shown after the counts, e.g. the running loss.
+  void set_note(std::string note) { note_ = std::move(note); }
+
   void advance(std::size_t n) {
     done_ += n;
     if (quiet_) return;
@@ -44,18 +47,20 @@ class Progress {
     for (int i = 0; i < kWidth; ++i) bar += i < filled ? "█" : "░";
     const double r = rate(now);
     const double eta = r > 0 ? static_cast<double>(total_ - done_) / r : 0.0;
-    std::fprintf(stderr, "\r%s %s %zu/%zu  %.1f/s  ETA %.0fs  ", label_.c_str(), bar.c_str(), done_,
-                 total_, r, eta);
+    std::fprintf(stderr, "\r%s %s %zu/%zu  %.1f/s  ETA %.0fs  %s  ", label_.c_str(), bar.c_str(), done_,
+                 total_, r, eta, note_.c_str());
     if (finished) std::fputc('\n', stderr);
     std::fflush(stderr);
   }
 
   void line(Clock::time_point now) {
     last_ = now;
-    std::fprintf(stderr, "%s: %zu/%zu (%.1f/s)\n", label_.c_str(), done_, total_, rate(now));
+    std::fprintf(stderr, "%s: %zu/%zu (%.1f/s)%s%s\n", label_.c_str(), done_, total_, rate(now),
+                 note_.empty() ? "" : "  ", note_.c_str());
   }
 
   std::string label_;
+  std::string note_;
   std::size_t total_;
   std::size_t done_ = 0;
   bool quiet_;

@@ -1,6 +1,6 @@
 // Owns the safetensors reader: maps the file read-only, validates the whole
 // JSON header against the file before any tensor byte is touched, and converts
-// f32/f16/bf16/f64 tensors to float32 on request.
+// f32/f16/bf16/f64 tensors to float32 on request. Also the float32 writer.
 #include "ldaproj/safetensors.hpp"
 
 #include <fcntl.h>
@@ -13,7 +13,9 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <limits>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
@@ -158,6 +160,7 @@ struct SafeTensorsFile::Impl {
   std::size_t data_begin = 0;  // file offset of the data section
   std::vector<TensorInfo> tensors;
   std::unordered_map<std::string, std::size_t> by_name;
+  std::map<std::string, std::string> metadata;
 };
 
 namespace {
@@ -246,7 +249,14 @@ SafeTensorsFile SafeTensorsFile::open(const std::filesystem::path& path) {
   impl->data_begin = 8 + static_cast<std::size_t>(header_len);
   const std::size_t data_size = file_size - impl->data_begin;
   for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") continue;
+    if (name == "__metadata__") {
+      if (!entry.is_object()) fail(path, "__metadata__ must be an object of strings");
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string()) fail(path, "__metadata__ entry '" + key + "' must be a string, got " + value.dump());
+        impl->metadata.emplace(key, value.get<std::string>());
+      }
+      continue;
+    }
     impl->tensors.push_back(parse_tensor(name, entry, data_size, path));
   }
 
@@ -326,5 +336,69 @@ std::vector<float> SafeTensorsFile::load_f32(const std::string& name,
 }
 
 const std::filesystem::path& SafeTensorsFile::path() const { return impl_->path; }
+
+const std::map<std::string, std::string>& SafeTensorsFile::metadata() const { return impl_->metadata; }
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  auto reject = [&](const std::string& what) {
+    throw InputError("writing safetensors file " + path.string() + ": " + what);
+  };
+  // nlohmann::ordered_json keeps the tensors in the caller's order, which is
+  // also their order in the data section.
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    header["__metadata__"] = nlohmann::ordered_json::object();
+    for (const auto& [key, value] : metadata) header["__metadata__"][key] = value;
+  }
+  std::set<std::string> names;
+  std::uint64_t offset = 0;
+  for (const TensorToWrite& t : tensors) {
+    if (t.name.empty() || t.name == "__metadata__") reject("invalid tensor name '" + t.name + "'");
+    if (!names.insert(t.name).second) reject("tensor '" + t.name + "' is given twice");
+    std::uint64_t elements = 1;
+    for (std::int64_t dim : t.shape) {
+      if (dim < 0) reject("tensor '" + t.name + "' has a negative dimension");
+      elements *= static_cast<std::uint64_t>(dim);
+    }
+    if (elements != t.values.size())
+      reject("tensor '" + t.name + "' has shape " + shape_string(t.shape) + " but " +
+             std::to_string(t.values.size()) + " values");
+    const std::uint64_t bytes = elements * sizeof(float);
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  // Padding the header to 8 bytes keeps every tensor aligned for readers that map the file.
+  text.append((8 - text.size() % 8) % 8, ' ');
+
+  const std::filesystem::path partial = path.string() + ".partial";
+  {
+    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+    if (!out) reject("cannot create the file; check that the directory exists and is writable");
+    unsigned char length[8];
+    std::uint64_t n = text.size();
+    for (int i = 0; i < 8; ++i, n >>= 8) length[i] = static_cast<unsigned char>(n & 0xffu);
+    out.write(reinterpret_cast<const char*>(length), 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const TensorToWrite& t : tensors)
+      out.write(reinterpret_cast<const char*>(t.values.data()),
+                static_cast<std::streamsize>(t.values.size() * sizeof(float)));
+    out.flush();
+    if (!out) {
+      out.close();
+      std::error_code ec;
+      std::filesystem::remove(partial, ec);
+      reject("write failed (disk full?)");
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(partial, path, ec);
+  if (ec) {
+    const std::string reason = ec.message();
+    std::filesystem::remove(partial, ec);
+    reject("cannot move the finished file into place: " + reason);
+  }
+}
 
 }  // namespace ldaproj

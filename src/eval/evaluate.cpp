@@ -1,6 +1,9 @@
 // Held-out test files and retrieval metrics (Recall@1, Recall@5, MRR@10).
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -140,6 +143,41 @@ RetrievalMetrics score_results(const std::vector<QueryResult>& results,
   m.recall_at_5 /= n;
   m.mrr_at_10 /= n;
   return m;
+}
+
+Agreement agreement(const Matrix& student, const Matrix& teacher, const std::vector<QueryResult>& student_results,
+                    const std::vector<QueryResult>& teacher_results) {
+  if (student.rows != teacher.rows || student.cols != teacher.cols || student_results.size() != student.rows ||
+      teacher_results.size() != student.rows) {
+    throw Error("agreement: the student's and the teacher's outputs do not cover the same queries");
+  }
+  Agreement a;
+  a.queries = student.rows;
+  if (a.queries == 0) return a;
+  a.min_cosine = 1.0;
+  for (std::size_t q = 0; q < student.rows; ++q) {
+    double dot = 0, ns = 0, nt = 0;
+    for (std::size_t j = 0; j < student.cols; ++j) {
+      dot += double(student(q, j)) * teacher(q, j);
+      ns += double(student(q, j)) * student(q, j);
+      nt += double(teacher(q, j)) * teacher(q, j);
+    }
+    const double cosine = ns > 0 && nt > 0 ? dot / std::sqrt(ns * nt) : 0.0;
+    a.mean_cosine += cosine;
+    a.min_cosine = std::min(a.min_cosine, cosine);
+
+    std::set<std::int64_t> top;
+    const auto& t = teacher_results[q].answers;
+    const std::size_t k = std::min<std::size_t>(10, t.size());
+    for (std::size_t i = 0; i < k; ++i) top.insert(t[i].answer_id);
+    std::size_t shared = 0;
+    const auto& s = student_results[q].answers;
+    for (std::size_t i = 0; i < std::min<std::size_t>(10, s.size()); ++i) shared += top.count(s[i].answer_id);
+    a.top10_overlap += k ? static_cast<double>(shared) / static_cast<double>(k) : 1.0;
+  }
+  a.mean_cosine /= static_cast<double>(a.queries);
+  a.top10_overlap /= static_cast<double>(a.queries);
+  return a;
 }
 
 }  // namespace ldaproj

@@ -50,4 +50,36 @@ std::vector<std::vector<Hit>> FlatIndex::search(const Matrix& queries, std::size
   return results;
 }
 
+std::size_t FlatIndex::memory_bytes() const {
+  return vectors_.data.size() * sizeof(float) + labels_.size() * sizeof(std::int64_t);
+}
+
+double recall_at_k(const std::vector<std::vector<Hit>>& exact, const std::vector<std::vector<Hit>>& approximate,
+                   std::size_t k) {
+  if (exact.size() != approximate.size()) {
+    throw InputError("recall: " + std::to_string(exact.size()) + " exact result lists but " +
+                     std::to_string(approximate.size()) + " approximate ones");
+  }
+  if (exact.empty() || k == 0) return 1.0;
+  double total = 0.0;
+  for (std::size_t q = 0; q < exact.size(); ++q) {
+    const std::size_t want = std::min(k, exact[q].size());
+    if (want == 0) {
+      total += 1.0;
+      continue;
+    }
+    std::size_t found = 0;
+    for (std::size_t i = 0; i < want; ++i) {
+      for (std::size_t j = 0; j < std::min(k, approximate[q].size()); ++j) {
+        if (approximate[q][j].label == exact[q][i].label) {
+          ++found;
+          break;
+        }
+      }
+    }
+    total += static_cast<double>(found) / static_cast<double>(want);
+  }
+  return total / static_cast<double>(exact.size());
+}
+
 }  // namespace ldaproj

@@ -1,15 +1,19 @@
-// Loads a trained projection and the answer corpus from the store and answers
-// query embeddings by any method (multi-head, direct, global-w).
+// Loads a trained projection, its student and the answer corpus from the
+// store and answers query embeddings by any method (multi-head, student,
+// ensemble, sparse-teacher, direct, global-w).
 #include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <numeric>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "ldaproj/ensemble.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/index.hpp"
 #include "ldaproj/search.hpp"
+#include "ldaproj/student.hpp"
 #include "ldaproj/teacher.hpp"
 
 namespace ldaproj {
@@ -19,6 +23,9 @@ std::string_view to_string(Method method) {
     case Method::MultiHead: return "multi-head";
     case Method::Direct: return "direct";
     case Method::GlobalW: return "global-w";
+    case Method::SparseTeacher: return "sparse-teacher";
+    case Method::Student: return "student";
+    case Method::Ensemble: return "ensemble";
   }
   return "?";
 }
@@ -29,8 +36,11 @@ Method parse_method(std::string_view name) {
   if (n == "multi-head" || n == "multihead") return Method::MultiHead;
   if (n == "direct") return Method::Direct;
   if (n == "global-w") return Method::GlobalW;
+  if (n == "sparse-teacher" || n == "sparse") return Method::SparseTeacher;
+  if (n == "student") return Method::Student;
+  if (n == "ensemble") return Method::Ensemble;
   throw InputError("unknown method \"" + std::string(name) +
-                   "\"; expected multi-head, direct or global-w");
+                   "\"; expected multi-head, student, ensemble, sparse-teacher, direct or global-w");
 }
 
 struct Searcher::Impl {
@@ -38,7 +48,11 @@ struct Searcher::Impl {
   std::string model_name;
   std::vector<std::int64_t> head_clusters;  // head index -> cluster id
   MultiHeadProjection teacher;
-  FlatIndex answer_index;
+  StudentModel student;  // empty when none was distilled
+  EnsembleModel ensemble;  // empty when none was trained
+  std::unique_ptr<Index> answer_index;
+  Matrix answer_corpus;  // kept only for an approximate index, to measure its recall
+  std::vector<std::int64_t> answer_labels;
   std::vector<Answer> answers;  // index label -> answer
   std::size_t max_answers_per_cluster = 1;
   std::unordered_map<std::int64_t, std::string> cluster_names;
@@ -49,6 +63,14 @@ struct Searcher::Impl {
   mutable std::once_flag global_once;
   mutable GlobalProjection global;
   mutable std::string global_error;
+
+  // The sparse teacher's centroid graph is built on first use.
+  mutable std::once_flag sparse_once;
+  mutable std::unique_ptr<SparseMultiHeadProjection> sparse_teacher;
+  const SparseMultiHeadProjection& sparse() const {
+    std::call_once(sparse_once, [this] { sparse_teacher = std::make_unique<SparseMultiHeadProjection>(teacher); });
+    return *sparse_teacher;
+  }
 
   const GlobalProjection& global_w() const {
     std::call_once(global_once, [this] {
@@ -85,9 +107,11 @@ Searcher& Searcher::operator=(Searcher&&) noexcept = default;
 Searcher::~Searcher() = default;
 
 Searcher Searcher::load(const Store& store, const std::string& projection_name,
-                        const TeacherOptions& teacher_options) {
-  // Projection, clusters, answers and their embeddings from one committed
-  // state, so that a concurrent import or training run is seen whole or not at all.
+                        const SearcherOptions& searcher_options) {
+  const TeacherOptions& teacher_options = searcher_options.teacher;
+  // Projection, its student and ensemble, clusters, answers and their embeddings
+  // from one committed state, so that a concurrent import or training run is
+  // seen whole or not at all.
   const Store::ReadSnapshot snapshot = store.read_snapshot();
   auto projection = store.load_projection(projection_name);
   if (!projection) {
@@ -125,6 +149,20 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
     throw InputError("projection \"" + projection->name + "\" in " + store.path().string() +
                      " cannot be used: " + e.what() + "; train it again with `ldaproj train`");
   }
+  if (auto student = store.load_student(projection->name)) {
+    if (student->weights.config.dim != dim) {
+      throw Error("the student of projection " + projection->name + " has dimension " +
+                  std::to_string(student->weights.config.dim) + ", its model " + std::to_string(dim));
+    }
+    impl->student = StudentModel(student->weights);
+  }
+  if (auto ensemble = load_ensemble_weights(store, projection->name)) {
+    if (ensemble->config.dim != dim || ensemble->domain_of_head.size() != impl->head_clusters.size()) {
+      throw Error("the ensemble of projection " + projection->name + " does not match its heads; train it again " +
+                  "with `ldaproj ensemble`");
+    }
+    impl->ensemble = EnsembleModel(*ensemble);
+  }
 
   for (const Cluster& c : store.clusters()) impl->cluster_names.emplace(c.id, c.external_id);
 
@@ -146,12 +184,58 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
   }
   if (corpus.rows == 0) throw InputError("no answer has an embedding; run `ldaproj embed` first");
   normalize_rows(corpus, "answer embedding");
-  impl->answer_index = FlatIndex(dim);
-  impl->answer_index.add(corpus, labels);
+  if (corpus.rows >= searcher_options.approximate_answers_from) {
+    impl->answer_index = std::make_unique<HnswIndex>(dim, searcher_options.answer_index);
+    impl->answer_index->add(corpus, labels);
+    impl->answer_corpus = std::move(corpus);
+    impl->answer_labels = std::move(labels);
+  } else {
+    impl->answer_index = std::make_unique<FlatIndex>(dim);
+    impl->answer_index->add(corpus, labels);
+  }
   return Searcher(std::move(impl));
 }
 
-std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOptions& options) const {
+Matrix Searcher::project(const Matrix& queries, const SearchOptions& options) const {
+  const Impl& s = *impl_;
+  check_queries(queries);
+  const float temperature = options.temperature.value_or(s.teacher.temperature());
+  switch (options.method) {
+    case Method::Direct: {
+      Matrix projected = queries;
+      normalize_rows(projected, "query");
+      return projected;
+    }
+    case Method::MultiHead:
+      return s.teacher.project(queries, temperature);
+    case Method::GlobalW:
+      return s.global_w().project(queries);
+    case Method::SparseTeacher:
+      return s.sparse().project(queries, temperature, options.route_k);
+    case Method::Student: {
+      if (s.student.empty()) {
+        throw InputError("projection \"" + s.projection_name + "\" has no student; distil one with " +
+                         "`ldaproj distill --db " + s.store->path().string() + "`");
+      }
+      // The student was trained on unit queries, as the teacher sees them.
+      Matrix unit = queries;
+      normalize_rows(unit, "query");
+      return s.student.project(unit);
+    }
+    case Method::Ensemble: {
+      if (s.ensemble.empty()) {
+        throw InputError("projection \"" + s.projection_name + "\" has no ensemble; train one with " +
+                         "`ldaproj ensemble --db " + s.store->path().string() + "`");
+      }
+      Matrix unit = queries;
+      normalize_rows(unit, "query");
+      return s.ensemble.project(unit, options.top_domains);
+    }
+  }
+  throw Error("unknown method");
+}
+
+void Searcher::check_queries(const Matrix& queries) const {
   const Impl& s = *impl_;
   if (queries.data.size() != queries.rows * queries.cols) {
     throw InputError("query matrix is " + std::to_string(queries.rows) + "x" + std::to_string(queries.cols) +
@@ -162,36 +246,48 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
                      s.projection_name + "\" (model " + s.model_name + ") has " + std::to_string(s.teacher.dim()) +
                      "; embed the queries with that model");
   }
+  // Checked before the method runs, so every method (and a missing student or
+  // ensemble) reports a bad query the same way.
+  for (std::size_t q = 0; q < queries.rows; ++q) {
+    double sq = 0.0;
+    for (std::size_t j = 0; j < queries.cols; ++j) sq += static_cast<double>(queries(q, j)) * queries(q, j);
+    if (!std::isfinite(sq)) throw InputError("query #" + std::to_string(q) + " contains NaN or Inf values");
+    if (sq <= 0.0) {
+      throw InputError("query #" + std::to_string(q) + " is a zero vector; it has no direction to compare by cosine");
+    }
+  }
+}
+
+std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOptions& options) const {
+  const Impl& s = *impl_;
+  check_queries(queries);
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   Matrix projected;
   Matrix weights;
-  switch (options.method) {
-    case Method::Direct:
-      projected = queries;
-      normalize_rows(projected, "query");
-      break;
-    case Method::MultiHead:
-      projected = s.teacher.project(queries, temperature, options.routing_top > 0 ? &weights : nullptr);
-      break;
-    case Method::GlobalW:
-      projected = s.global_w().project(queries);
-      break;
+  std::vector<SparseRouting> sparse_routes;
+  if (options.method == Method::MultiHead) {
+    projected = s.teacher.project(queries, temperature, options.routing_top > 0 ? &weights : nullptr);
+  } else if (options.method == Method::SparseTeacher) {
+    projected = s.sparse().project(queries, temperature, options.route_k, &sparse_routes);
+  } else {
+    projected = project(queries, options);
   }
-  // Ask for enough answers that top_k distinct clusters survive de-duplication.
-  const std::size_t top_k = std::min(options.top_k, s.answers.size());
-  const auto hits = s.answer_index.search(projected, top_k * s.max_answers_per_cluster);
-  std::vector<QueryResult> results(queries.rows);
+  std::vector<QueryResult> results = rank(projected, options.top_k);
   Matrix similarity;
   if (options.method == Method::MultiHead && options.routing_top > 0) {
     similarity = s.teacher.route_scores(queries);
   }
   for (std::size_t q = 0; q < queries.rows; ++q) {
-    std::unordered_set<std::int64_t> seen;
-    for (const Hit& hit : hits[q]) {
-      const Answer& a = s.answers[static_cast<std::size_t>(hit.label)];
-      if (!seen.insert(a.cluster_id).second) continue;
-      results[q].answers.push_back({a.cluster_id, s.cluster_names.at(a.cluster_id), a.id, a.text, hit.score});
-      if (results[q].answers.size() == top_k) break;
+    if (options.include_projection) {
+      results[q].projection.assign(projected.row(q), projected.row(q) + projected.cols);
+    }
+    if (!sparse_routes.empty()) {
+      const SparseRouting& r = sparse_routes[q];
+      results[q].uncovered_mass_bound = r.uncovered_mass_bound;
+      for (std::size_t i = 0; i < std::min(options.routing_top, r.heads.size()); ++i) {
+        const std::int64_t cid = s.head_clusters[r.heads[i]];
+        results[q].routing.push_back({cid, s.cluster_names.at(cid), r.weights[i], r.similarity[i]});
+      }
     }
     if (similarity.rows > 0) {
       const float* w = weights.row(q);
@@ -209,10 +305,47 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
   return results;
 }
 
+std::vector<QueryResult> Searcher::rank(const Matrix& projected, std::size_t requested_top_k) const {
+  const Impl& s = *impl_;
+  // More than there are answers cannot be returned, and a huge request must not overflow below.
+  const std::size_t top_k = std::min(requested_top_k, s.answers.size());
+  if (projected.cols != s.teacher.dim()) {
+    throw InputError("projected queries have dimension " + std::to_string(projected.cols) +
+                     ", the store's model has " + std::to_string(s.teacher.dim()));
+  }
+  // Ask for enough answers that top_k distinct clusters survive de-duplication.
+  const auto hits = s.answer_index->search(projected, top_k * s.max_answers_per_cluster);
+  std::vector<QueryResult> results(projected.rows);
+  for (std::size_t q = 0; q < projected.rows; ++q) {
+    std::unordered_set<std::int64_t> seen;
+    for (const Hit& hit : hits[q]) {
+      const Answer& a = s.answers[static_cast<std::size_t>(hit.label)];
+      if (!seen.insert(a.cluster_id).second) continue;
+      results[q].answers.push_back({a.cluster_id, s.cluster_names.at(a.cluster_id), a.id, a.text, hit.score});
+      if (results[q].answers.size() == top_k) break;
+    }
+  }
+  return results;
+}
+
+bool Searcher::has_student() const { return !impl_->student.empty(); }
+bool Searcher::has_ensemble() const { return !impl_->ensemble.empty(); }
+std::size_t Searcher::ensemble_parameters() const { return impl_->ensemble.parameter_count(); }
+std::size_t Searcher::student_parameters() const { return impl_->student.parameter_count(); }
+
 const std::string& Searcher::model_name() const { return impl_->model_name; }
 const std::string& Searcher::projection_name() const { return impl_->projection_name; }
 float Searcher::temperature() const { return impl_->teacher.temperature(); }
 std::size_t Searcher::num_heads() const { return impl_->teacher.num_heads(); }
 std::size_t Searcher::num_answers() const { return impl_->answers.size(); }
+bool Searcher::answer_index_is_approximate() const { return !impl_->answer_corpus.empty(); }
+
+double Searcher::answer_index_recall(const Matrix& projected_queries, std::size_t k) const {
+  const Impl& s = *impl_;
+  if (s.answer_corpus.empty()) return 1.0;
+  FlatIndex exact(s.answer_corpus.cols);
+  exact.add(s.answer_corpus, s.answer_labels);
+  return recall_at_k(exact.search(projected_queries, k), s.answer_index->search(projected_queries, k), k);
+}
 
 }  // namespace ldaproj

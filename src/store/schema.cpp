@@ -101,8 +101,54 @@ CREATE INDEX projection_heads_by_cluster ON projection_heads(cluster_id);
 PRAGMA application_id = 1279545418;
 )sql";
 
+// Students distilled from a projection: at most one per projection, removed
+// with it (a retrained teacher makes its student stale). Tensors keep their
+// module order in `position`.
+constexpr const char* kSchemaV2 = R"sql(
+CREATE TABLE students (
+  id            INTEGER PRIMARY KEY,
+  projection_id INTEGER NOT NULL UNIQUE REFERENCES projections(id) ON DELETE CASCADE,
+  config_json   TEXT    NOT NULL,
+  metrics_json  TEXT    NOT NULL DEFAULT '{}',
+  created_at    TEXT    NOT NULL
+);
+
+CREATE TABLE student_tensors (
+  student_id INTEGER NOT NULL REFERENCES students(id) ON DELETE CASCADE,
+  name       TEXT    NOT NULL,
+  position   INTEGER NOT NULL,
+  shape_json TEXT    NOT NULL,
+  data       BLOB    NOT NULL,
+  PRIMARY KEY (student_id, name)
+) WITHOUT ROWID;
+)sql";
+
+// Hierarchical ensembles (per-domain students and a meta-router) trained for
+// a projection: at most one per projection, removed with it. The config JSON
+// holds the shape and the domain names; tensors as for students.
+constexpr const char* kSchemaV3 = R"sql(
+CREATE TABLE ensembles (
+  id            INTEGER PRIMARY KEY,
+  projection_id INTEGER NOT NULL UNIQUE REFERENCES projections(id) ON DELETE CASCADE,
+  config_json   TEXT    NOT NULL,
+  metrics_json  TEXT    NOT NULL DEFAULT '{}',
+  created_at    TEXT    NOT NULL
+);
+
+CREATE TABLE ensemble_tensors (
+  ensemble_id INTEGER NOT NULL REFERENCES ensembles(id) ON DELETE CASCADE,
+  name        TEXT    NOT NULL,
+  position    INTEGER NOT NULL,
+  shape_json  TEXT    NOT NULL,
+  data        BLOB    NOT NULL,
+  PRIMARY KEY (ensemble_id, name)
+) WITHOUT ROWID;
+)sql";
+
 constexpr std::array kMigrations{
     Migration{1, "initial schema", kSchemaV1},
+    Migration{2, "distilled students", kSchemaV2},
+    Migration{3, "hierarchical ensembles", kSchemaV3},
 };
 
 static_assert(kMigrations.back().version == kSchemaVersion,

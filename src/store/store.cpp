@@ -1,7 +1,7 @@
 // The SQLite store (include/ldaproj/store.hpp): opening and migrating the
 // database, clusters/questions/answers reads, embedding models and vectors,
-// projections with their heads, import batches and statistics. Imports are
-// written by src/store/importer.cpp.
+// projections with their heads, distilled students, import batches and
+// statistics. Imports are written by src/store/importer.cpp.
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
@@ -200,6 +201,49 @@ std::vector<Projection> read_projections(sqlite3* db) {
   Statement select(db, std::string(kProjectionColumns) + "ORDER BY p.id");
   std::vector<Projection> result;
   while (select.step()) result.push_back(projection_from_row(select));
+  return result;
+}
+
+constexpr const char* kStudentColumns =
+    "SELECT s.id, p.name, s.config_json, s.metrics_json, s.created_at "
+    "FROM students s JOIN projections p ON p.id = s.projection_id ";
+
+StoredStudent student_from_row(const Statement& row, const fs::path& path) {
+  StoredStudent s;
+  s.id = row.column_int(0);
+  s.projection = row.column_text(1);
+  s.weights.config = StudentConfig::from_json(row.column_text(2), "the student of projection \"" + s.projection +
+                                                                      "\" in " + path.string());
+  s.metrics_json = row.column_text(3);
+  s.created_at = row.column_text(4);
+  return s;
+}
+
+std::vector<StoredStudent> read_students(sqlite3* db, const fs::path& path) {
+  Statement select(db, std::string(kStudentColumns) + "ORDER BY s.id");
+  std::vector<StoredStudent> result;
+  while (select.step()) result.push_back(student_from_row(select, path));
+  return result;
+}
+
+constexpr const char* kEnsembleColumns =
+    "SELECT e.id, p.name, e.config_json, e.metrics_json, e.created_at "
+    "FROM ensembles e JOIN projections p ON p.id = e.projection_id ";
+
+StoredEnsemble ensemble_from_row(const Statement& row) {
+  StoredEnsemble e;
+  e.id = row.column_int(0);
+  e.projection = row.column_text(1);
+  e.config_json = row.column_text(2);
+  e.metrics_json = row.column_text(3);
+  e.created_at = row.column_text(4);
+  return e;
+}
+
+std::vector<StoredEnsemble> read_ensembles(sqlite3* db) {
+  Statement select(db, std::string(kEnsembleColumns) + "ORDER BY e.id");
+  std::vector<StoredEnsemble> result;
+  while (select.step()) result.push_back(ensemble_from_row(select));
   return result;
 }
 
@@ -585,6 +629,187 @@ std::optional<Projection> Store::load_projection(const std::string& name) const 
 
 std::vector<Projection> Store::projections() const { return read_projections(impl_->db); }
 
+std::int64_t Store::save_student(const StoredStudent& student) {
+  require_writable(*impl_, "saving a student");
+  const std::string what = "the student of projection \"" + student.projection + "\"";
+  student.weights.validate(what);
+  const std::string metrics = student.metrics_json.empty() ? "{}" : student.metrics_json;
+  if (!nlohmann::json::accept(metrics) || !nlohmann::json::parse(metrics).is_object()) {
+    throw InputError(what + ": metrics must be a JSON object");
+  }
+  sqlite3* db = impl_->db;
+  Transaction transaction(db, Transaction::Kind::Write);
+  Statement find(db,
+                 "SELECT p.id, m.dim, m.name FROM projections p JOIN embedding_models m ON m.id = p.model_id "
+                 "WHERE p.name = ?1");
+  find.bind(1, student.projection);
+  if (!find.step()) {
+    throw InputError(what + ": there is no projection \"" + student.projection + "\" in " + impl_->path.string() +
+                     "; train it first (`ldaproj train`) or name another with --projection");
+  }
+  const std::int64_t projection_id = find.column_int(0);
+  const auto dim = static_cast<std::size_t>(find.column_int(1));
+  if (student.weights.config.dim != dim) {
+    throw InputError(what + " has dimension " + std::to_string(student.weights.config.dim) + ", the projection's model \"" +
+                     find.column_text(2) + "\" has " + std::to_string(dim) + "; nothing was stored");
+  }
+  Statement remove(db, "DELETE FROM students WHERE projection_id = ?1");
+  remove.bind(1, projection_id).run();
+  Statement insert(db,
+                   "INSERT INTO students(projection_id, config_json, metrics_json, created_at) "
+                   "VALUES (?1, ?2, ?3, ?4)");
+  insert.bind(1, projection_id)
+      .bind(2, student.weights.config.to_json())
+      .bind(3, metrics)
+      .bind(4, student.created_at.empty() ? store_detail::utc_now() : student.created_at)
+      .run();
+  const std::int64_t student_id = sqlite3_last_insert_rowid(db);
+  Statement insert_tensor(db,
+                          "INSERT INTO student_tensors(student_id, name, position, shape_json, data) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5)");
+  for (std::size_t i = 0; i < student.weights.tensors.size(); ++i) {
+    const StudentTensor& t = student.weights.tensors[i];
+    insert_tensor.reset();
+    insert_tensor.bind(1, student_id)
+        .bind(2, t.name)
+        .bind(3, static_cast<std::int64_t>(i))
+        .bind(4, nlohmann::json(t.shape).dump())
+        .bind_blob(5, encode_floats(t.values))
+        .run();
+  }
+  transaction.commit();
+  return student_id;
+}
+
+std::optional<StoredStudent> Store::load_student(const std::string& projection_name) const {
+  sqlite3* db = impl_->db;
+  Transaction snapshot(db, Transaction::Kind::Read);
+  Statement select(db, std::string(kStudentColumns) +
+                           (projection_name.empty() ? "WHERE p.active = 1 ORDER BY p.id DESC LIMIT 1"
+                                                    : "WHERE p.name = ?1"));
+  if (!projection_name.empty()) select.bind(1, projection_name);
+  if (!select.step()) return std::nullopt;
+  StoredStudent student = student_from_row(select, impl_->path);
+  const std::string what = "the student of projection \"" + student.projection + "\"";
+  Statement tensors(db, "SELECT name, shape_json, data FROM student_tensors WHERE student_id = ?1 ORDER BY position");
+  tensors.bind(1, student.id);
+  while (tensors.step()) {
+    StudentTensor t;
+    t.name = tensors.column_text(0);
+    std::size_t count = 1;
+    try {
+      t.shape = nlohmann::json::parse(tensors.column_text(1)).get<std::vector<std::int64_t>>();
+    } catch (const nlohmann::json::exception&) {
+      throw Error(what + ": tensor '" + t.name + "' has a malformed shape; distil again with `ldaproj distill`");
+    }
+    for (const auto dim : t.shape) count *= static_cast<std::size_t>(std::max<std::int64_t>(dim, 0));
+    t.values.resize(count);
+    decode_floats(tensors.column_blob(2), count, t.values.data(), what + ", tensor '" + t.name + "'");
+    student.weights.tensors.push_back(std::move(t));
+  }
+  snapshot.commit();
+  try {
+    student.weights.validate(what + " in " + impl_->path.string());
+  } catch (const InputError& e) {
+    throw Error(std::string(e.what()) + "; the database is inconsistent: distil again with `ldaproj distill`");
+  }
+  return student;
+}
+
+std::vector<StoredStudent> Store::students() const { return read_students(impl_->db, impl_->path); }
+
+std::int64_t Store::save_ensemble(const StoredEnsemble& ensemble) {
+  require_writable(*impl_, "saving an ensemble");
+  const std::string what = "the ensemble of projection \"" + ensemble.projection + "\"";
+  const std::string metrics = ensemble.metrics_json.empty() ? "{}" : ensemble.metrics_json;
+  for (const std::string* json : {&ensemble.config_json, &metrics}) {
+    if (!nlohmann::json::accept(*json) || !nlohmann::json::parse(*json).is_object()) {
+      throw InputError(what + ": its config and metrics must be JSON objects; nothing was stored");
+    }
+  }
+  std::set<std::string> names;
+  for (const StudentTensor& t : ensemble.tensors) {
+    std::size_t count = 1;
+    for (const auto d : t.shape) {
+      if (d < 0) throw InputError(what + ": tensor '" + t.name + "' has a negative dimension; nothing was stored");
+      count *= static_cast<std::size_t>(d);
+    }
+    if (t.name.empty() || !names.insert(t.name).second || count != t.values.size()) {
+      throw InputError(what + ": tensor '" + t.name + "' is unnamed, repeated or does not match its shape; nothing was stored");
+    }
+    for (const float v : t.values) {
+      if (!std::isfinite(v)) throw InputError(what + ": tensor '" + t.name + "' is not finite; nothing was stored");
+    }
+  }
+  sqlite3* db = impl_->db;
+  Transaction transaction(db, Transaction::Kind::Write);
+  Statement find(db, "SELECT id FROM projections WHERE name = ?1");
+  find.bind(1, ensemble.projection);
+  if (!find.step()) {
+    throw InputError(what + ": there is no projection \"" + ensemble.projection + "\" in " + impl_->path.string() +
+                     "; train it first (`ldaproj train`)");
+  }
+  const std::int64_t projection_id = find.column_int(0);
+  Statement remove(db, "DELETE FROM ensembles WHERE projection_id = ?1");
+  remove.bind(1, projection_id).run();
+  Statement insert(db,
+                   "INSERT INTO ensembles(projection_id, config_json, metrics_json, created_at) "
+                   "VALUES (?1, ?2, ?3, ?4)");
+  insert.bind(1, projection_id)
+      .bind(2, ensemble.config_json)
+      .bind(3, metrics)
+      .bind(4, ensemble.created_at.empty() ? store_detail::utc_now() : ensemble.created_at)
+      .run();
+  const std::int64_t ensemble_id = sqlite3_last_insert_rowid(db);
+  Statement insert_tensor(db,
+                          "INSERT INTO ensemble_tensors(ensemble_id, name, position, shape_json, data) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5)");
+  for (std::size_t i = 0; i < ensemble.tensors.size(); ++i) {
+    const StudentTensor& t = ensemble.tensors[i];
+    insert_tensor.reset();
+    insert_tensor.bind(1, ensemble_id)
+        .bind(2, t.name)
+        .bind(3, static_cast<std::int64_t>(i))
+        .bind(4, nlohmann::json(t.shape).dump())
+        .bind_blob(5, encode_floats(t.values))
+        .run();
+  }
+  transaction.commit();
+  return ensemble_id;
+}
+
+std::optional<StoredEnsemble> Store::load_ensemble(const std::string& projection_name) const {
+  sqlite3* db = impl_->db;
+  Transaction snapshot(db, Transaction::Kind::Read);
+  Statement select(db, std::string(kEnsembleColumns) +
+                           (projection_name.empty() ? "WHERE p.active = 1 ORDER BY p.id DESC LIMIT 1"
+                                                    : "WHERE p.name = ?1"));
+  if (!projection_name.empty()) select.bind(1, projection_name);
+  if (!select.step()) return std::nullopt;
+  StoredEnsemble ensemble = ensemble_from_row(select);
+  const std::string what = "the ensemble of projection \"" + ensemble.projection + "\"";
+  Statement tensors(db, "SELECT name, shape_json, data FROM ensemble_tensors WHERE ensemble_id = ?1 ORDER BY position");
+  tensors.bind(1, ensemble.id);
+  while (tensors.step()) {
+    StudentTensor t;
+    t.name = tensors.column_text(0);
+    std::size_t count = 1;
+    try {
+      t.shape = nlohmann::json::parse(tensors.column_text(1)).get<std::vector<std::int64_t>>();
+    } catch (const nlohmann::json::exception&) {
+      throw Error(what + ": tensor '" + t.name + "' has a malformed shape; train it again with `ldaproj ensemble`");
+    }
+    for (const auto dim : t.shape) count *= static_cast<std::size_t>(std::max<std::int64_t>(dim, 0));
+    t.values.resize(count);
+    decode_floats(tensors.column_blob(2), count, t.values.data(), what + ", tensor '" + t.name + "'");
+    ensemble.tensors.push_back(std::move(t));
+  }
+  snapshot.commit();
+  return ensemble;
+}
+
+std::vector<StoredEnsemble> Store::ensembles() const { return read_ensembles(impl_->db); }
+
 std::vector<ImportBatch> Store::batches() const {
   Statement select(impl_->db, "SELECT id, file, sha256, status, imported_at FROM import_batches ORDER BY id");
   std::vector<ImportBatch> result;
@@ -610,6 +835,8 @@ StoreStats Store::stats() const {
                       "FROM embedding_models m ORDER BY m.name");
   while (per_model.step()) stats.embeddings_per_model.emplace_back(per_model.column_text(0), per_model.column_int(1));
   stats.projections = read_projections(db);
+  stats.students = read_students(db, impl_->path);
+  stats.ensembles = read_ensembles(db);
   stats.schema_version = schema::user_version(db);
   snapshot.commit();
   return stats;

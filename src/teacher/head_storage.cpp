@@ -7,6 +7,8 @@
 #include <cstring>
 #include <new>
 
+#include <sys/mman.h>
+
 namespace ldaproj::detail {
 
 std::uint16_t to_bf16(float value) {
@@ -31,8 +33,14 @@ std::size_t element_size(Precision p) {
 
 HeadRows::HeadRows(const Matrix& m, Precision precision)
     : precision_(precision), rows_(m.rows), dim_(m.cols) {
-  const std::size_t bytes = std::max<std::size_t>(64, (rows_ * dim_ * element_size(precision) + 63) / 64 * 64);
-  void* raw = std::aligned_alloc(64, bytes);
+  // Large head sets go on 2 MiB pages where the kernel allows it: streaming
+  // hundreds of MB through 4 KiB pages costs a page walk every 4 KiB.
+  constexpr std::size_t kHugePage = std::size_t(2) << 20;
+  const std::size_t payload = rows_ * dim_ * element_size(precision);
+  const std::size_t alignment = payload >= 4 * kHugePage ? kHugePage : 64;
+  const std::size_t bytes = std::max<std::size_t>(alignment, (payload + alignment - 1) / alignment * alignment);
+  void* raw = std::aligned_alloc(alignment, bytes);
+  if (raw && alignment == kHugePage) madvise(raw, bytes, MADV_HUGEPAGE);  // a hint; failure is harmless
   if (!raw) throw std::bad_alloc();
   data_ = std::shared_ptr<const void>(raw, [](const void* p) { std::free(const_cast<void*>(p)); });
   switch (precision) {

@@ -200,6 +200,12 @@ std::size_t MultiHeadProjection::num_heads() const { return storage_->heads(); }
 std::size_t MultiHeadProjection::dim() const { return storage_->dim(); }
 Matrix MultiHeadProjection::centroids() const { return storage_->centroids.unpack(); }
 Matrix MultiHeadProjection::answers() const { return storage_->answers.unpack(); }
+void MultiHeadProjection::centroid_row(std::size_t head, float* out) const {
+  storage_->centroids.unpack(head, head + 1, out);
+}
+void MultiHeadProjection::answer_row(std::size_t head, float* out) const {
+  storage_->answers.unpack(head, head + 1, out);
+}
 std::size_t MultiHeadProjection::storage_bytes() const {
   return storage_->centroids.bytes() + storage_->answers.bytes();
 }

@@ -1,0 +1,77 @@
+// The HTTP service: a JSON API over a trained store (search, project, embed,
+// clusters, health, Prometheus metrics, reload) and the built-in web page.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ldaproj {
+
+struct ServerOptions {
+  std::filesystem::path db;             // a store with a trained projection
+  std::string projection;               // empty: the active one
+  std::filesystem::path model_dir;      // empty: resolve_model_dir()'s default
+  std::size_t max_tokens = 256;         // encoder truncation
+  std::string host = "127.0.0.1";
+  int port = 8080;                      // 0: any free port (see Server::port())
+  int threads = 0;                      // request worker threads; 0: cores, at least 4
+  std::string api_key;                  // non-empty: /v1/* and /metrics need "Bearer KEY"
+  std::size_t max_body_bytes = 1 << 20;  // larger bodies get 413
+  std::size_t max_batch = 64;           // texts or embeddings per request
+  std::size_t max_text_bytes = 4096;    // per text, UTF-8 bytes
+  std::size_t max_top_k = 100;
+  int timeout_seconds = 10;             // reading a request / writing a response
+  // Called with one line per request (method, path, status, milliseconds)
+  // when set; may run on any worker thread, one call at a time.
+  std::function<void(const std::string&)> access_log;
+};
+
+// What is being served; changes on reload.
+struct ServedModel {
+  std::string projection;
+  std::string model;  // embedding model name
+  float temperature = 0.0f;
+  std::size_t heads = 0;
+  std::size_t answers = 0;
+  std::size_t dim = 0;
+  std::vector<std::string> methods;  // the search methods this store can answer by
+  std::uint64_t generation = 0;      // 1 for the first load, +1 per successful reload
+};
+
+class Server {
+ public:
+  // Loads the encoder and the store's projection, and checks every method.
+  // InputError when the store cannot be served (missing, untrained, embedded
+  // with another model than the encoder's).
+  explicit Server(ServerOptions options);
+
+  // Binds and serves on background threads; returns the bound port once the
+  // server accepts connections. InputError when the address cannot be bound.
+  int start();
+  // Stops accepting, lets in-flight requests finish, then returns. Idempotent.
+  void stop();
+  // Blocks until stop() (from another thread) has finished.
+  void wait();
+
+  // Loads the store's (now active, or the configured) projection into a new
+  // model and swaps it in atomically: requests already running finish on the
+  // old one. On failure the old model keeps serving and the error is thrown.
+  ServedModel reload();
+
+  ServedModel served() const;
+  int port() const;  // 0 before start()
+
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  ~Server();  // stops
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ldaproj

@@ -1,0 +1,176 @@
+// The meta-router as a torch module (nn.Sequential(Linear, GELU, Linear)
+// names), its loss on frozen student outputs and its training loop (AdamW,
+// cosine LR, early stopping on the validation cosine of the sparse top-k mix).
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "ensemble/router_train.hpp"
+#include "ldaproj/error.hpp"
+
+namespace ldaproj::ensemble_detail {
+
+namespace {
+
+torch::Tensor to_tensor(const Matrix& m) {
+  return torch::from_blob(const_cast<float*>(m.data.data()),
+                          {static_cast<std::int64_t>(m.rows), static_cast<std::int64_t>(m.cols)}, torch::kFloat32)
+      .clone();
+}
+
+torch::Tensor to_tensor(const StudentTensor& t) {
+  return torch::from_blob(const_cast<float*>(t.values.data()), t.shape, torch::kFloat32).clone();
+}
+
+// n x domains x dim.
+torch::Tensor stack_outputs(const std::vector<Matrix>& outputs) {
+  std::vector<torch::Tensor> parts;
+  for (const Matrix& m : outputs) parts.push_back(to_tensor(m));
+  return torch::stack(parts, 1);
+}
+
+struct Router {
+  torch::Tensor w1, b1, w2, b2;
+
+  explicit Router(const std::vector<StudentTensor>& tensors)
+      : w1(to_tensor(tensors[0]).requires_grad_()),
+        b1(to_tensor(tensors[1]).requires_grad_()),
+        w2(to_tensor(tensors[2]).requires_grad_()),
+        b2(to_tensor(tensors[3]).requires_grad_()) {}
+
+  torch::Tensor logits(const torch::Tensor& x) const {
+    namespace F = torch::nn::functional;
+    return F::linear(torch::gelu(F::linear(x, w1, b1)), w2, b2);
+  }
+
+  std::vector<StudentTensor> tensors(const EnsembleConfig& config) const {
+    std::vector<StudentTensor> out = initial_router(config, 0);
+    const torch::Tensor* values[] = {&w1, &b1, &w2, &b2};
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      const torch::Tensor c = values[i]->detach().contiguous();
+      out[i].values.assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+    }
+    return out;
+  }
+};
+
+// MSE of the dense mix against the teacher plus kl_weight x KL(pooled || router).
+torch::Tensor router_loss(const Router& router, const torch::Tensor& x, const torch::Tensor& outputs,
+                          const torch::Tensor& targets, const torch::Tensor& pooled, double kl_weight) {
+  const torch::Tensor log_w = torch::log_softmax(router.logits(x), 1);
+  const torch::Tensor mix = (log_w.exp().unsqueeze(2) * outputs).sum(1);
+  torch::Tensor loss = (mix - targets).pow(2).sum(1).mean();
+  if (kl_weight > 0.0) {
+    const torch::Tensor kl = (pooled * (torch::log(pooled.clamp_min(1e-12)) - log_w)).sum(1).mean();
+    loss = loss + kl_weight * kl;
+  }
+  return loss;
+}
+
+// Mean cosine of the top-k renormalised mix against the teacher: what inference computes.
+double sparse_mix_cosine(const Router& router, const torch::Tensor& x, const torch::Tensor& outputs,
+                         const torch::Tensor& targets, std::size_t top_domains) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor logits = router.logits(x);
+  const auto k = static_cast<std::int64_t>(std::min<std::size_t>(top_domains, static_cast<std::size_t>(logits.size(1))));
+  const auto [top, index] = logits.topk(k, 1);
+  const torch::Tensor w = torch::softmax(top, 1);
+  const torch::Tensor chosen =
+      outputs.gather(1, index.unsqueeze(2).expand({index.size(0), k, outputs.size(2)}));
+  const torch::Tensor mix = (w.unsqueeze(2) * chosen).sum(1);
+  return torch::cosine_similarity(mix, targets, 1).mean().item<double>();
+}
+
+}  // namespace
+
+std::vector<StudentTensor> initial_router(const EnsembleConfig& c, std::uint64_t seed) {
+  torch::manual_seed(seed);
+  auto uniform = [](std::string name, std::vector<std::int64_t> shape, std::int64_t fan_in) {
+    // nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    const torch::Tensor t = torch::empty(shape, torch::kFloat32).uniform_(-bound, bound).contiguous();
+    return StudentTensor{std::move(name), std::move(shape),
+                         std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())};
+  };
+  const auto d = static_cast<std::int64_t>(c.dim), h = static_cast<std::int64_t>(c.router_hidden),
+             D = static_cast<std::int64_t>(c.domains);
+  return {uniform("router.0.weight", {h, d}, d), uniform("router.0.bias", {h}, d),
+          uniform("router.2.weight", {D, h}, h), uniform("router.2.bias", {D}, h)};
+}
+
+RouterResult train_router(const EnsembleWeights& weights, const RouterData& train, const RouterData& validation,
+                          const EnsembleOptions& options,
+                          const std::function<void(const EnsembleProgress&)>& progress) {
+  const EnsembleConfig& config = weights.config;
+  Router router(weights.router);
+  const torch::Tensor x = to_tensor(train.inputs), outputs = stack_outputs(train.student_outputs),
+                      targets = to_tensor(train.targets), pooled = to_tensor(train.pooled_routing);
+  const torch::Tensor vx = to_tensor(validation.inputs), voutputs = stack_outputs(validation.student_outputs),
+                      vtargets = to_tensor(validation.targets);
+
+  RouterResult result;
+  result.initial_cosine = sparse_mix_cosine(router, vx, voutputs, vtargets, config.top_domains);
+  result.best_cosine = result.initial_cosine;
+  result.router = weights.router;
+
+  torch::optim::AdamW optimizer({router.w1, router.b1, router.w2, router.b2},
+                                torch::optim::AdamWOptions(options.router_lr).weight_decay(0.01));
+  const std::int64_t n = x.size(0);
+  const auto batch = static_cast<std::int64_t>(std::max<std::size_t>(1, options.router_batch_size));
+  const std::int64_t steps_per_epoch = (n + batch - 1) / batch;
+  const double total_steps = static_cast<double>(steps_per_epoch) * static_cast<double>(options.router_epochs);
+  torch::manual_seed(options.seed + 1);
+  std::size_t since_best = 0;
+  std::int64_t step = 0;
+  for (std::size_t epoch = 1; epoch <= options.router_epochs; ++epoch) {
+    const torch::Tensor order = torch::randperm(n, torch::kInt64);
+    double loss_sum = 0.0;
+    for (std::int64_t begin = 0; begin < n; begin += batch, ++step) {
+      const double lr = options.router_lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / total_steps));
+      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+      const torch::Tensor idx = order.slice(0, begin, std::min(n, begin + batch));
+      optimizer.zero_grad();
+      const torch::Tensor loss = router_loss(router, x.index_select(0, idx), outputs.index_select(0, idx),
+                                             targets.index_select(0, idx), pooled.index_select(0, idx),
+                                             options.router_kl_weight);
+      loss.backward();
+      optimizer.step();
+      loss_sum += loss.item<double>() * static_cast<double>(idx.size(0));
+    }
+    result.epochs_run = epoch;
+    const double cosine = sparse_mix_cosine(router, vx, voutputs, vtargets, config.top_domains);
+    if (progress) progress({"router", 0, 0, epoch, options.router_epochs, loss_sum / static_cast<double>(n)});
+    if (cosine > result.best_cosine) {
+      result.best_cosine = cosine;
+      result.best_epoch = epoch;
+      result.router = router.tensors(config);
+      since_best = 0;
+    } else if (++since_best >= options.router_patience) {
+      break;
+    }
+  }
+  return result;
+}
+
+}  // namespace ldaproj::ensemble_detail
+
+namespace ldaproj {
+
+double ensemble_router_loss(const EnsembleWeights& weights, const Matrix& inputs,
+                            const std::vector<Matrix>& student_outputs, const Matrix& targets,
+                            const Matrix& pooled_routing, double kl_weight) {
+  weights.validate("ensemble weights");
+  if (student_outputs.size() != weights.config.domains) {
+    throw InputError("ensemble_router_loss: one output matrix per domain is needed");
+  }
+  torch::NoGradGuard no_grad;
+  const ensemble_detail::Router router(weights.router);
+  return ensemble_detail::router_loss(router, ensemble_detail::to_tensor(inputs),
+                                      ensemble_detail::stack_outputs(student_outputs),
+                                      ensemble_detail::to_tensor(targets), ensemble_detail::to_tensor(pooled_routing),
+                                      kl_weight)
+      .item<double>();
+}
+
+}  // namespace ldaproj

@@ -1,0 +1,102 @@
+// Distilling a stored projection and keeping its student in the store: reads
+// the teacher and its questions, runs distill_student and saves the result
+// tied to the projection.
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "ldaproj/distill.hpp"
+#include "ldaproj/error.hpp"
+
+namespace ldaproj {
+
+namespace {
+
+Projection require_projection(const Store& store, const std::string& name) {
+  auto projection = store.load_projection(name);
+  if (!projection) {
+    throw InputError(name.empty() ? "no trained projection in " + store.path().string() + "; run `ldaproj train --db " +
+                                        store.path().string() + "` first"
+                                  : "no projection named \"" + name + "\" in " + store.path().string());
+  }
+  return std::move(*projection);
+}
+
+}  // namespace
+
+StoreDistillReport distill_projection(Store& store, const std::string& projection_name, const DistillOptions& options,
+                                      const DistillObserver& observer) {
+  const Projection projection = require_projection(store, projection_name);
+  const auto model = store.find_model(projection.model);
+  if (!model) throw Error("projection \"" + projection.name + "\" refers to unknown model " + projection.model);
+  const std::size_t dim = model->dim;
+
+  Matrix centroids(projection.heads.size(), dim), answers(projection.heads.size(), dim);
+  std::unordered_map<std::int64_t, std::size_t> head_of_cluster;
+  for (std::size_t h = 0; h < projection.heads.size(); ++h) {
+    const Head& head = projection.heads[h];
+    std::copy(head.centroid.begin(), head.centroid.end(), centroids.row(h));
+    std::copy(head.answer.begin(), head.answer.end(), answers.row(h));
+    head_of_cluster.emplace(head.cluster_id, h);
+  }
+  const MultiHeadProjection teacher(std::move(centroids), std::move(answers), projection.temperature);
+
+  const EmbeddingSet q_emb = store.embeddings(model->id, EntityKind::Question);
+  std::unordered_map<std::int64_t, std::size_t> row_of_question;
+  for (std::size_t i = 0; i < q_emb.ids.size(); ++i) row_of_question.emplace(q_emb.ids[i], i);
+  Matrix questions(0, dim);
+  std::vector<std::size_t> head_of_question;
+  for (const Question& q : store.questions()) {
+    const auto row = row_of_question.find(q.id);
+    const auto head = head_of_cluster.find(q.cluster_id);
+    if (row == row_of_question.end() || head == head_of_cluster.end()) continue;
+    questions.data.insert(questions.data.end(), q_emb.vectors.row(row->second), q_emb.vectors.row(row->second) + dim);
+    ++questions.rows;
+    head_of_question.push_back(head->second);
+  }
+  if (questions.rows == 0) {
+    throw InputError("projection \"" + projection.name + "\" has no embedded questions to distil from; run `ldaproj embed --db " +
+                     store.path().string() + "`");
+  }
+  normalize_rows(questions, "question embedding");
+
+  DistillOptions o = options;
+  o.config.dim = dim;
+  StoreDistillReport out;
+  out.projection = projection.name;
+  out.report = distill_student(teacher, questions, head_of_question, o, observer);
+  const DistillReport& r = out.report;
+
+  const DistillEpoch* best = nullptr;
+  for (const auto& e : r.history)
+    if (e.epoch == r.best_epoch) best = &e;
+  nlohmann::json metrics{{"teacher_temperature", projection.temperature},
+                         {"teacher_heads", teacher.num_heads()},
+                         {"parameters", r.weights.parameter_count()},
+                         {"init", std::string(to_string(o.init))},
+                         {"epochs_run", r.history.size()},
+                         {"best_epoch", r.best_epoch},
+                         {"train_samples", r.train_samples},
+                         {"validation_questions", r.validation_questions},
+                         {"initial_validation_cosine", r.initial_validation_cosine},
+                         {"validation_cosine", best ? best->validation_cosine : r.initial_validation_cosine},
+                         {"seconds", r.seconds},
+                         {"per_source", r.per_source},
+                         {"lr", o.lr},
+                         {"loss_weights", {{"mse", o.mse_weight}, {"cosine", o.cosine_weight}, {"kl", o.kl_weight},
+                                           {"answer", o.answer_weight}}},
+                         {"seed", o.seed}};
+  StoredStudent student;
+  student.projection = projection.name;
+  student.weights = r.weights;
+  student.metrics_json = metrics.dump();
+  store.save_student(student);
+  return out;
+}
+
+std::optional<StudentWeights> load_student_weights(const Store& store, const std::string& projection_name) {
+  auto student = store.load_student(projection_name);
+  if (!student) return std::nullopt;
+  return std::move(student->weights);
+}
+
+}  // namespace ldaproj
