@@ -23,6 +23,7 @@ struct CliOptions {
   std::optional<rlim_t> file_size_limit;  // RLIMIT_FSIZE in bytes, SIGXFSZ ignored
   std::string standard_input;
   bool capture = true;  // false: output goes to /dev/null
+  std::vector<std::string> environment;  // NAME=value entries added to (or replacing) the test's own
 };
 
 struct CliResult {
@@ -42,6 +43,18 @@ inline pid_t spawn_cli(const std::vector<std::string>& args, const CliOptions& o
   std::vector<char*> argv;
   for (auto& a : argv_strings) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry(*e);
+    const std::string name = entry.substr(0, entry.find('=') + 1);
+    bool replaced = false;
+    for (const auto& extra : options.environment) replaced |= extra.compare(0, name.size(), name) == 0;
+    if (!replaced) env_strings.push_back(entry);
+  }
+  env_strings.insert(env_strings.end(), options.environment.begin(), options.environment.end());
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
@@ -58,7 +71,7 @@ inline pid_t spawn_cli(const std::vector<std::string>& args, const CliOptions& o
     if (options.as_user) {
       if (setgroups(0, nullptr) != 0 || setgid(*options.as_user) != 0 || setuid(*options.as_user) != 0) _exit(126);
     }
-    execv(argv[0], argv.data());
+    execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
   return pid;
