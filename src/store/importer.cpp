@@ -147,6 +147,28 @@ std::size_t parse_error_offset(const Json::parse_error& error, std::size_t text_
   return std::min(read, text_size);
 }
 
+// A number too large for a double (1e999) is not a syntax error to nlohmann
+// but an out_of_range exception; its message quotes the number.
+std::string number_range_reason(const Json::out_of_range& error) {
+  const std::string what = error.what();
+  const std::size_t open = what.find('\'');
+  const std::size_t close = what.rfind('\'');
+  const std::string number =
+      open != std::string::npos && close > open ? what.substr(open + 1, std::min<std::size_t>(close - open - 1, 64))
+                                                : std::string("?");
+  return "the number " + number + " is out of range for a double; write it smaller";
+}
+
+// Where the number an out_of_range error quotes first appears in `text`.
+std::size_t number_range_offset(const Json::out_of_range& error, std::string_view text) {
+  const std::string what = error.what();
+  const std::size_t open = what.find('\'');
+  const std::size_t close = what.rfind('\'');
+  if (open == std::string::npos || close <= open) return 0;
+  const std::size_t at = text.find(std::string_view(what).substr(open + 1, close - open - 1));
+  return at == std::string_view::npos ? 0 : at;
+}
+
 std::string sha256_hex(std::string_view bytes) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   unsigned char digest[EVP_MAX_MD_SIZE];
@@ -307,6 +329,9 @@ ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std:
       const std::size_t offset = parse_error_offset(error, line.size());
       fail(file, at_line + ", column " + std::to_string(offset + 1),
            "invalid JSON: " + parse_error_reason(error) + " (JSON Lines needs one complete object per line)");
+    } catch (const Json::out_of_range& error) {
+      fail(file, at_line + ", column " + std::to_string(number_range_offset(error, line) + 1),
+           "invalid JSON: " + number_range_reason(error));
     }
     if (!record.is_object()) fail(file, at_line, expected("a JSON object", record));
     const auto cluster_it = record.find("cluster");
@@ -393,6 +418,9 @@ ParsedFile parse_content(std::string_view bytes, const std::string& file) {
   } catch (const Json::parse_error& error) {
     whole_reason = parse_error_reason(error);
     whole_offset = parse_error_offset(error, body.size());
+  } catch (const Json::out_of_range& error) {
+    whole_reason = number_range_reason(error);
+    whole_offset = number_range_offset(error, body);
   }
   if (whole) {
     if (whole->is_object() && whole->contains("clusters")) return parse_original(*whole, file);
