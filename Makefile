@@ -2,9 +2,12 @@
 JOBS ?= $(shell nproc)
 BUILD ?= build
 BUILD_ASAN ?= build-asan
+BUILD_FUZZ ?= build-fuzz
 CMAKE_FLAGS ?=
+# Seconds each fuzz target runs in `make fuzz`.
+FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build build-asan test test-fast demo bench bench-serve clean
+.PHONY: all setup build build-asan build-fuzz test test-fast fuzz fuzz-replay demo bench bench-serve clean
 
 all: build
 
@@ -23,11 +26,28 @@ $(BUILD_ASAN)/CMakeCache.txt:
 build-asan: setup $(BUILD_ASAN)/CMakeCache.txt
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 
-# Release suite, then the same suite under AddressSanitizer + UBSan.
-test: build build-asan
+# libFuzzer targets (clang; fuzz/CMakeLists.txt builds each from the sources it needs).
+$(BUILD_FUZZ)/CMakeCache.txt:
+	cmake -S fuzz -B $(BUILD_FUZZ) -DCMAKE_CXX_COMPILER=clang++ $(CMAKE_FLAGS)
+
+build-fuzz: setup $(BUILD_FUZZ)/CMakeCache.txt
+	cmake --build $(BUILD_FUZZ) -j $(JOBS)
+
+# Release suite, then the same suite under AddressSanitizer + UBSan, then every
+# committed fuzz input (seeds and crash regressions) through its target.
+test: build build-asan build-fuzz
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
+	bash scripts/fuzz.sh $(BUILD_FUZZ) replay $(JOBS)
+
+# Each fuzz target for FUZZ_SECONDS (JOBS at a time); a failure leaves its
+# input in $(BUILD_FUZZ)/artifacts/<target>/ (docs/RELIABILITY.md says what to do with it).
+fuzz: build-fuzz
+	bash scripts/fuzz.sh $(BUILD_FUZZ) $(FUZZ_SECONDS) $(JOBS)
+
+fuzz-replay: build-fuzz
+	bash scripts/fuzz.sh $(BUILD_FUZZ) replay $(JOBS)
 
 # Release suite only (quick local loop).
 test-fast: build
@@ -47,4 +67,4 @@ bench-serve: build
 	bash bench/serve_load.sh $(BUILD) 10 8
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)
