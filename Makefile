@@ -3,11 +3,12 @@ JOBS ?= $(shell nproc)
 BUILD ?= build
 BUILD_ASAN ?= build-asan
 BUILD_FUZZ ?= build-fuzz
+BUILD_TSAN ?= build-tsan
 CMAKE_FLAGS ?=
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build build-asan build-fuzz test test-fast fuzz fuzz-replay demo bench bench-serve clean
+.PHONY: all setup build build-asan build-fuzz build-tsan test test-fast test-tsan fuzz fuzz-replay tidy demo bench bench-serve clean
 
 all: build
 
@@ -26,6 +27,16 @@ $(BUILD_ASAN)/CMakeCache.txt:
 build-asan: setup $(BUILD_ASAN)/CMakeCache.txt
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 
+# ThreadSanitizer: only the in-process concurrency tests, from the sources they need.
+$(BUILD_TSAN)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLDAPROJ_TSAN_TESTS=ON -DLDAPROJ_BUILD_BENCH=OFF $(CMAKE_FLAGS)
+
+build-tsan: setup $(BUILD_TSAN)/CMakeCache.txt
+	cmake --build $(BUILD_TSAN) -j $(JOBS)
+
+test-tsan: build-tsan
+	cd $(BUILD_TSAN) && ctest --output-on-failure -j $(JOBS)
+
 # libFuzzer targets (clang; fuzz/CMakeLists.txt builds each from the sources it needs).
 $(BUILD_FUZZ)/CMakeCache.txt:
 	cmake -S fuzz -B $(BUILD_FUZZ) -DCMAKE_CXX_COMPILER=clang++ $(CMAKE_FLAGS)
@@ -33,12 +44,14 @@ $(BUILD_FUZZ)/CMakeCache.txt:
 build-fuzz: setup $(BUILD_FUZZ)/CMakeCache.txt
 	cmake --build $(BUILD_FUZZ) -j $(JOBS)
 
-# Release suite, then the same suite under AddressSanitizer + UBSan, then every
-# committed fuzz input (seeds and crash regressions) through its target.
-test: build build-asan build-fuzz
+# Release suite, then the same suite under AddressSanitizer + UBSan, the
+# concurrency tests under ThreadSanitizer, and every committed fuzz input
+# (seeds and crash regressions) through its target.
+test: build build-asan build-tsan build-fuzz
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD_TSAN) && ctest --output-on-failure -j $(JOBS)
 	bash scripts/fuzz.sh $(BUILD_FUZZ) replay $(JOBS)
 
 # Each fuzz target for FUZZ_SECONDS (JOBS at a time); a failure leaves its
@@ -67,4 +80,4 @@ bench-serve: build
 	bash bench/serve_load.sh $(BUILD) 10 8
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_FUZZ)
