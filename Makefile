@@ -62,6 +62,11 @@ fuzz: build-fuzz
 fuzz-replay: build-fuzz
 	bash scripts/fuzz.sh $(BUILD_FUZZ) replay $(JOBS)
 
+# clang-tidy (.clang-tidy) on src/ with the release build's compile commands;
+# files with libtorch headers are left out (clang 14 cannot parse them).
+tidy: build
+	run-clang-tidy -p $(BUILD) -j $(JOBS) -quiet $$(grep -L '<torch/' $(CURDIR)/src/*/*.cpp)
+
 # Release suite only (quick local loop).
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

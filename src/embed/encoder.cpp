@@ -258,7 +258,7 @@ Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
   const SafeTensorsFile st = SafeTensorsFile::open(weights);
   const std::string prefix = st.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "";
   const auto h = static_cast<std::int64_t>(c.hidden), inter = static_cast<std::int64_t>(c.intermediate);
-  auto load = [&](const std::string& name, std::vector<std::int64_t> shape) {
+  auto load = [&](const std::string& name, const std::vector<std::int64_t>& shape) {
     return st.load_f32(prefix + name, shape);
   };
   impl->word = load("embeddings.word_embeddings.weight", {static_cast<std::int64_t>(c.vocab), h});

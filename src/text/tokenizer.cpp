@@ -42,8 +42,9 @@ utf8proc_category_t category(char32_t c) {
   // The few characters whose general category changed after Unicode 8.0
   // keep their 8.0 category, as in the reference's tables.
   switch (c) {
-    case 0x166D: return UTF8PROC_CATEGORY_PO;   // So since Unicode 12
-    case 0x111C9: return UTF8PROC_CATEGORY_PO;  // Mn since Unicode 11
+    case 0x166D:   // So since Unicode 12
+    case 0x111C9:  // Mn since Unicode 11
+      return UTF8PROC_CATEGORY_PO;
     case 0x1734: return UTF8PROC_CATEGORY_MN;   // Mc since Unicode 14
     case 0xA9BD: return UTF8PROC_CATEGORY_MC;   // Mn since Unicode 12
     case 0x1885: case 0x1886: return UTF8PROC_CATEGORY_LO;  // Mn since Unicode 9
