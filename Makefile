@@ -2,9 +2,13 @@
 JOBS ?= $(shell nproc)
 BUILD ?= build
 BUILD_ASAN ?= build-asan
+BUILD_FUZZ ?= build-fuzz
+BUILD_TSAN ?= build-tsan
 CMAKE_FLAGS ?=
+# Seconds each fuzz target runs in `make fuzz`.
+FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build build-asan test test-fast demo bench bench-serve bench-quality clean
+.PHONY: all setup build build-asan build-fuzz build-tsan test test-fast test-tsan fuzz fuzz-replay tidy demo bench bench-serve bench-quality clean
 
 all: build
 
@@ -23,11 +27,45 @@ $(BUILD_ASAN)/CMakeCache.txt:
 build-asan: setup $(BUILD_ASAN)/CMakeCache.txt
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 
-# Release suite, then the same suite under AddressSanitizer + UBSan.
-test: build build-asan
+# ThreadSanitizer: only the in-process concurrency tests, from the sources they need.
+$(BUILD_TSAN)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLDAPROJ_TSAN_TESTS=ON -DLDAPROJ_BUILD_BENCH=OFF $(CMAKE_FLAGS)
+
+build-tsan: setup $(BUILD_TSAN)/CMakeCache.txt
+	cmake --build $(BUILD_TSAN) -j $(JOBS)
+
+test-tsan: build-tsan
+	cd $(BUILD_TSAN) && ctest --output-on-failure -j $(JOBS)
+
+# libFuzzer targets (clang; fuzz/CMakeLists.txt builds each from the sources it needs).
+$(BUILD_FUZZ)/CMakeCache.txt:
+	cmake -S fuzz -B $(BUILD_FUZZ) -DCMAKE_CXX_COMPILER=clang++ $(CMAKE_FLAGS)
+
+build-fuzz: setup $(BUILD_FUZZ)/CMakeCache.txt
+	cmake --build $(BUILD_FUZZ) -j $(JOBS)
+
+# Release suite, then the same suite under AddressSanitizer + UBSan, the
+# concurrency tests under ThreadSanitizer, and every committed fuzz input
+# (seeds and crash regressions) through its target.
+test: build build-asan build-tsan build-fuzz
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD_TSAN) && ctest --output-on-failure -j $(JOBS)
+	bash scripts/fuzz.sh $(BUILD_FUZZ) replay $(JOBS)
+
+# Each fuzz target for FUZZ_SECONDS (JOBS at a time); a failure leaves its
+# input in $(BUILD_FUZZ)/artifacts/<target>/ (docs/RELIABILITY.md says what to do with it).
+fuzz: build-fuzz
+	bash scripts/fuzz.sh $(BUILD_FUZZ) $(FUZZ_SECONDS) $(JOBS)
+
+fuzz-replay: build-fuzz
+	bash scripts/fuzz.sh $(BUILD_FUZZ) replay $(JOBS)
+
+# clang-tidy (.clang-tidy) on src/ with the release build's compile commands;
+# files with libtorch headers are left out (clang 14 cannot parse them).
+tidy: build
+	run-clang-tidy -p $(BUILD) -j $(JOBS) -quiet $$(grep -L '<torch/' $(CURDIR)/src/*/*.cpp)
 
 # Release suite only (quick local loop).
 test-fast: build
@@ -53,4 +91,4 @@ bench-quality: build
 	nice python3 bench/quality.py --build $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_FUZZ)

@@ -11,6 +11,7 @@ packages=(
   libeigen3-dev libopenblas-dev libssl-dev libcpp-httplib-dev libhnswlib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libtorch-dev python3-torch
+  clang clang-tidy libclang-rt-dev
   nodejs npm
   chromium chromium-driver python3-selenium
 )

@@ -295,6 +295,14 @@ std::vector<BadInput> bad_inputs() {
       R"({"id":"ok","answers":{"default":"fine"},"queries":{"short":["fine question"]}})";
   return {
       {"not_json", "a.json", "hello world\n", {"line 1, column 1", "invalid JSON"}},
+      // Found by fuzz_serve_request (the same nlohmann exception): a number
+      // beyond a double is out_of_range, not a parse error.
+      {"number_overflow_jsonl", "a.jsonl",
+       "{\"cluster\":\"a\",\"question\":\"q\"}\n{\"cluster\":\"a\",\"answer\":\"x\",\"n\":1e999}\n",
+       {"line 2, column 33", "the number 1e999 is out of range"}},
+      {"number_overflow_original", "a.json",
+       "{\"clusters\":[\n{\"id\":\"a\",\"x\":-1E400,\"answers\":{\"default\":\"A\"},\"queries\":{\"short\":[\"q\"]}}]}",
+       {"line 2, column 15", "the number -1E400 is out of range"}},
       {"truncated_original", "a.json",
        "{\"clusters\":[\n  {\"id\":\"a\",\"answers\":{\"default\":\"x\"},\n   \"queries\":{\"short\":[\"q1\"",
        {"line 3, column", "invalid JSON", "truncated"}},

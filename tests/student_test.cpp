@@ -267,6 +267,7 @@ TEST(DistillDataTest, SeededHeldOutAndLabelledBySource) {
   DistillDataOptions o;
   o.samples = 400;
   o.seed = 9;
+  o.sources = parse_data_sources("all");  // four generating sources share the 400 samples
   const DistillData a = make_distill_data(toy.teacher, toy.questions, toy.head_of_question, o);
   const DistillData b = make_distill_data(toy.teacher, toy.questions, toy.head_of_question, o);
   EXPECT_EQ(a.train_inputs.data, b.train_inputs.data);

@@ -1,5 +1,6 @@
 // Importers for Q-A cluster files: the original project's JSON format and JSONL.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -7,6 +8,11 @@
 #include "ldaproj/store.hpp"
 
 namespace ldaproj {
+
+// The longest text accepted for a question, answer, query, cluster id, name
+// or description. The encoder reads only the first few hundred tokens, so
+// longer texts are almost certainly a mistake (a whole document in one field).
+inline constexpr std::size_t kMaxTextBytes = std::size_t{1} << 20;
 
 enum class ImportOutcome { Imported, Unchanged, Updated };
 

@@ -129,7 +129,7 @@ class Searcher {
  private:
   struct Impl;
   explicit Searcher(std::unique_ptr<Impl> impl);
-  void check_query_dimension(const Matrix& queries) const;
+  void check_queries(const Matrix& queries) const;
   static void check_question_options(const SearchOptions& options);
   std::unique_ptr<Impl> impl_;
 };

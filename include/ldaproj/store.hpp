@@ -113,14 +113,42 @@ struct StoreStats {
   int schema_version = 0;
 };
 
+// A Store is one SQLite connection: use each Store from one thread at a time
+// (open one per thread). Other processes and Stores may read while one writes
+// (WAL): a reader sees each logical write (an import, an embedding batch, a
+// training run) completely or not at all.
 class Store {
  public:
   // Opens (creating if absent) and migrates to kSchemaVersion. WAL mode,
   // foreign keys on. Throws InputError for a database from a newer schema or a
   // file that is not an ldaproj database.
   static Store open(const std::filesystem::path& db_path);
-  // Opens an existing database read-only (no migration; an older schema is an error).
+  // Opens an existing database read-only (no migration; an older schema is an
+  // error). Works on a database whose file or directory this user cannot
+  // write; see docs/RELIABILITY.md for what that needs.
   static Store open_read_only(const std::filesystem::path& db_path);
+  // For commands that only read: open() when this user may write the file and
+  // its directory (so an older schema is migrated), open_read_only() otherwise.
+  static Store open_for_reading(const std::filesystem::path& db_path);
+
+  // While a ReadSnapshot lives, every read through this Store sees the same
+  // committed state of the database, however many writes other connections
+  // commit meanwhile (each read method otherwise takes its own snapshot).
+  // Writing through this Store while it lives is an error.
+  class ReadSnapshot {
+   public:
+    ReadSnapshot(ReadSnapshot&&) noexcept;
+    ReadSnapshot& operator=(ReadSnapshot&&) = delete;
+    ReadSnapshot(const ReadSnapshot&) = delete;
+    ReadSnapshot& operator=(const ReadSnapshot&) = delete;
+    ~ReadSnapshot();
+
+   private:
+    friend class Store;
+    explicit ReadSnapshot(const Store& store);
+    const Store* store_ = nullptr;
+  };
+  ReadSnapshot read_snapshot() const;
 
   std::vector<Cluster> clusters() const;
   std::vector<Question> questions() const;

@@ -28,6 +28,7 @@ class Tokenizer {
   std::int32_t sep_id() const;
   std::int32_t unk_id() const;
   std::size_t vocab_size() const;
+  std::int32_t max_id() const;  // the largest token id encode() can return
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;

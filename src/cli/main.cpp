@@ -36,6 +36,7 @@
 #include "ldaproj/store.hpp"
 #include "ldaproj/student.hpp"
 #include "ldaproj/train.hpp"
+#include "text/utf8.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -131,8 +132,10 @@ void require_existing_db(const std::string& db) {
 // The embedding model a store was embedded with: the only one, or the one
 // the user names when there are several.
 std::string pick_embedding_model(const Store& store, const std::string& requested) {
-  const StoreStats stats = store.stats();
+  StoreStats stats = store.stats();
   if (!requested.empty()) return requested;
+  // A model registered by an embed run that stored nothing does not count.
+  std::erase_if(stats.embeddings_per_model, [](const auto& model) { return model.second == 0; });
   if (stats.embeddings_per_model.empty()) {
     throw InputError("no embeddings in " + store.path().string() + "; run `ldaproj embed --db " +
                      store.path().string() + "` first");
@@ -179,6 +182,19 @@ std::vector<float> parse_float_list(const std::string& text, const char* flag) {
   }
   if (values.empty()) throw InputError(std::string(flag) + ": give a comma-separated list, e.g. 0.05,0.1,0.5");
   return values;
+}
+
+// Runs `action`; a failure that is not the user's input (I/O, a full disk)
+// gets `doing` in front so the message says which step failed.
+template <typename Action>
+auto while_doing(const std::string& doing, Action&& action) {
+  try {
+    return action();
+  } catch (const InputError&) {
+    throw;
+  } catch (const Error& e) {
+    throw Error(doing + ": " + e.what());
+  }
 }
 
 // ---------------------------------------------------------------- import
@@ -242,14 +258,16 @@ int run_import(const std::string& db, const std::vector<std::string>& files, con
   Store store = Store::open(db);
   for (const auto& file : files) {
     if (is_student_file(file)) {
-      if (is_ensemble_safetensors(file)) {
-        import_ensemble(store, file, projection);
-      } else {
-        import_student(store, file, projection);
-      }
+      while_doing("importing " + file + " into " + db, [&] {
+        if (is_ensemble_safetensors(file)) {
+          import_ensemble(store, file, projection);
+        } else {
+          import_student(store, file, projection);
+        }
+      });
       continue;
     }
-    const ImportReport r = import_file(store, file);
+    const ImportReport r = while_doing("importing " + file + " into " + db, [&] { return import_file(store, file); });
     const char* what = r.outcome == ImportOutcome::Unchanged ? "unchanged, skipped"
                        : r.outcome == ImportOutcome::Updated ? "updated"
                                                              : "imported";
@@ -262,8 +280,11 @@ int run_import(const std::string& db, const std::vector<std::string>& files, con
 
 // ---------------------------------------------------------------- embed
 int run_embed(const std::string& db, const EncoderFlags& flags, std::size_t batch, bool quiet) {
+  require_existing_db(db);
   Store store = Store::open(db);
   const Encoder encoder = flags.load();
+  // A broken model (NaN weights) fails here, before the store registers it.
+  (void)encoder.encode({"model check"});
   const std::int64_t model_id = store.ensure_model(encoder.model_name(), encoder.dim());
   std::size_t total_done = 0;
   for (EntityKind kind : {EntityKind::Question, EntityKind::Answer}) {
@@ -281,7 +302,8 @@ int run_embed(const std::string& db, const EncoderFlags& flags, std::size_t batc
         texts.push_back(pending[i].text);
         ids.push_back(pending[i].id);
       }
-      store.put_embeddings(model_id, kind, ids, encoder.encode(texts));
+      const Matrix vectors = encoder.encode(texts);
+      while_doing("storing embeddings in " + db, [&] { store.put_embeddings(model_id, kind, ids, vectors); });
       progress.advance(end - begin);
     }
     total_done += pending.size();
@@ -303,7 +325,8 @@ int run_train(const std::string& db, const std::string& embedding_model, float t
   options.key_epochs = key_epochs;
   options.key_lr = key_lr;
   const std::string model = pick_embedding_model(store, embedding_model);
-  const TeacherTrainReport r = train_teacher(store, model, options);
+  const TeacherTrainReport r =
+      while_doing("training on " + db, [&] { return train_teacher(store, model, options); });
   for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   std::printf("trained projection \"%s\": %zu heads from %zu questions, %s centroids, "
               "temperature %g, model %s (now active)\n",
@@ -467,15 +490,26 @@ std::string bar(float fraction, int width) {
   return s;
 }
 
+// Refuses a text the encoder must not see: invalid UTF-8 or over the length
+// limit (and blank, unless `allow_blank`). `what` names it, e.g. "query #2".
+void check_text(const std::string& text, const std::string& what, bool allow_blank) {
+  if (const std::string bad = text::describe_invalid_utf8(text); !bad.empty()) {
+    throw InputError(what + ": " + bad + "; give the text in UTF-8");
+  }
+  if (text.size() > kMaxTextBytes) {
+    throw InputError(what + " is " + std::to_string(text.size()) + " bytes long, over the limit of " +
+                     std::to_string(kMaxTextBytes) + "; shorten it");
+  }
+  if (!allow_blank && text.find_first_not_of(" \t\r\n") == std::string::npos) {
+    throw InputError(what + " is empty; give the question as text");
+  }
+}
+
 int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags& teacher, const QueryFlags& f,
               const std::vector<std::string>& texts) {
-  for (std::size_t i = 0; i < texts.size(); ++i) {
-    if (texts[i].find_first_not_of(" \t\r\n") == std::string::npos) {
-      throw InputError("query #" + std::to_string(i + 1) + " is empty; give the question as text");
-    }
-  }
+  for (std::size_t i = 0; i < texts.size(); ++i) check_text(texts[i], "query #" + std::to_string(i + 1), false);
   require_existing_db(db);
-  Store store = Store::open(db);
+  Store store = Store::open_for_reading(db);
   const Searcher searcher = Searcher::load(store, f.projection, teacher.options(enc));
   const Encoder encoder = enc.load();
   if (encoder.model_name() != searcher.model_name()) {
@@ -618,8 +652,11 @@ json rejection_json(const RejectionMetrics& r) {
 int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFlags& teacher, const ValidateFlags& f) {
   require_existing_db(db);
   const std::vector<LabeledQuery> tests = read_test_queries(f.test_file);
+  for (std::size_t i = 0; i < tests.size(); ++i) {
+    check_text(tests[i].text, f.test_file + ": query #" + std::to_string(i + 1), false);
+  }
   const RejectThresholds reject = parse_reject_thresholds(f.reject_below);
-  Store store = Store::open(db);
+  Store store = Store::open_for_reading(db);
   const Searcher searcher = Searcher::load(store, f.projection, teacher.options(enc));
   std::set<std::string> known;
   for (const Cluster& c : store.clusters()) known.insert(c.external_id);
@@ -839,7 +876,7 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
 // ---------------------------------------------------------------- stats
 int run_stats(const std::string& db, bool as_json) {
   require_existing_db(db);
-  Store store = Store::open(db);
+  Store store = Store::open_for_reading(db);
   const StoreStats s = store.stats();
   json out{{"database", db}, {"schema_version", s.schema_version}, {"clusters", s.clusters},
            {"questions", s.questions}, {"answers", s.answers}, {"import_batches", s.batches},
@@ -896,12 +933,16 @@ int run_stats(const std::string& db, bool as_json) {
 
 // ---------------------------------------------------------------- encode
 int run_encode(const EncoderFlags& enc, bool as_json, std::vector<std::string> texts) {
-  if (texts.empty()) {
+  const bool from_stdin = texts.empty();
+  if (from_stdin) {
     std::string line;
     while (std::getline(std::cin, line)) {
       if (!line.empty() && line.back() == '\r') line.pop_back();
       texts.push_back(line);
     }
+  }
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    check_text(texts[i], (from_stdin ? "standard input, line " : "text #") + std::to_string(i + 1), true);
   }
   const Encoder encoder = enc.load();
   // Encode in chunks so a long stdin stream prints as it goes.

@@ -88,6 +88,7 @@ fs::path resolve_model_dir(const fs::path& explicit_dir) {
 struct Encoder::Impl {
   EncoderOptions options;
   std::string name;
+  fs::path dir;
   Config config;
   Tokenizer tokenizer;
   std::vector<float> word, position, token_type;
@@ -243,15 +244,19 @@ Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
   auto impl = std::make_unique<Impl>(Tokenizer::from_file(dir / "tokenizer.json"));
   impl->options = options;
   impl->config = c;
-  if (impl->tokenizer.vocab_size() > c.vocab) {
+  impl->dir = dir;
+  if (impl->tokenizer.vocab_size() > c.vocab ||
+      static_cast<std::size_t>(impl->tokenizer.max_id()) >= c.vocab) {
     throw InputError(dir.string() + ": tokenizer.json has " + std::to_string(impl->tokenizer.vocab_size()) +
-                     " tokens but config.json says vocab_size " + std::to_string(c.vocab));
+                     " tokens with ids up to " + std::to_string(impl->tokenizer.max_id()) +
+                     " but config.json says vocab_size " + std::to_string(c.vocab) +
+                     "; the two files come from different models");
   }
 
   const SafeTensorsFile st = SafeTensorsFile::open(weights);
   const std::string prefix = st.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "";
   const auto h = static_cast<std::int64_t>(c.hidden), inter = static_cast<std::int64_t>(c.intermediate);
-  auto load = [&](const std::string& name, std::vector<std::int64_t> shape) {
+  auto load = [&](const std::string& name, const std::vector<std::int64_t>& shape) {
     return st.load_f32(prefix + name, shape);
   };
   impl->word = load("embeddings.word_embeddings.weight", {static_cast<std::int64_t>(c.vocab), h});
@@ -322,6 +327,16 @@ Matrix Encoder::encode(const std::vector<std::string>& texts) const {
     for (std::size_t i = begin; i < end; ++i) group.push_back(ids[order[i]]);
     pooled.resize(group.size() * m.config.hidden);
     m.forward(group, pooled.data());
+    for (std::size_t i = begin; i < end; ++i) {
+      const float* row = pooled.data() + (i - begin) * m.config.hidden;
+      const bool finite = std::all_of(row, row + m.config.hidden, [](float v) { return std::isfinite(v); });
+      if (!finite || std::all_of(row, row + m.config.hidden, [](float v) { return v == 0.0f; })) {
+        throw Error("model " + m.name + " (" + m.dir.string() + ") produced a " +
+                    (finite ? "zero" : "non-finite") + " embedding for text #" + std::to_string(order[i] + 1) +
+                    "; its weights or config.json are broken: reinstall the model (scripts/setup.sh) or pass "
+                    "another --model");
+      }
+    }
     for (std::size_t i = begin; i < end; ++i) {
       std::copy_n(pooled.data() + (i - begin) * m.config.hidden, m.config.hidden, out.row(order[i]));
     }

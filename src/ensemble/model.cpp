@@ -362,6 +362,7 @@ void write_ensemble_safetensors(const std::filesystem::path& path, const Ensembl
   weights.validate("the ensemble written to " + path.string());
   const std::vector<StudentTensor> flat = flatten(weights);
   std::vector<TensorToWrite> tensors;
+  tensors.reserve(flat.size());
   for (const auto& t : flat) tensors.push_back({t.name, t.shape, t.values});
   std::map<std::string, std::string> meta = metadata;
   meta["format"] = kFormatName;

@@ -337,12 +337,12 @@ std::string crossover_svg(const std::vector<CrossoverResult>& results) {
   std::ostringstream s;
   s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
     << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  for (double e = lx0; e <= lx1; ++e) {
+  for (int e = static_cast<int>(lx0); e <= static_cast<int>(lx1); ++e) {
     s << "<line x1=\"" << x(std::pow(10, e)) << "\" y1=\"" << top << "\" x2=\"" << x(std::pow(10, e)) << "\" y2=\""
       << height - bottom << "\" stroke=\"#ddd\"/>\n<text x=\"" << x(std::pow(10, e)) << "\" y=\"" << height - bottom + 18
       << "\" text-anchor=\"middle\">1e" << e << "</text>\n";
   }
-  for (double e = ly0; e <= ly1; ++e) {
+  for (int e = static_cast<int>(ly0); e <= static_cast<int>(ly1); ++e) {
     s << "<line x1=\"" << left << "\" y1=\"" << y(std::pow(10, e)) << "\" x2=\"" << width - right << "\" y2=\""
       << y(std::pow(10, e)) << "\" stroke=\"#ddd\"/>\n<text x=\"" << left - 6 << "\" y=\"" << y(std::pow(10, e)) + 4
       << "\" text-anchor=\"end\">1e" << e << "</text>\n";

@@ -11,6 +11,7 @@
 
 #include "ldaproj/error.hpp"
 #include "ldaproj/eval.hpp"
+#include "text/utf8.hpp"
 
 namespace ldaproj {
 
@@ -73,16 +74,30 @@ std::vector<LabeledQuery> read_test_queries(const std::filesystem::path& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   const std::string text = buffer.str();
+  if (const std::string bad = text::describe_invalid_utf8(text); !bad.empty()) {
+    throw InputError(file + ": " + bad + "; save the file as UTF-8");
+  }
 
   // A whole-document JSON object with "clusters" is the original format;
   // anything else is read as JSON Lines.
   const auto first = text.find_first_not_of(" \t\r\n");
   if (first != std::string::npos && text[first] == '{') {
-    nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (!doc.is_discarded() && doc.is_object() && doc.contains("clusters")) {
-      auto out = from_cluster_file(doc, file);
-      if (out.empty()) throw InputError(file + ": no \"novel\" queries found");
-      return out;
+    try {
+      const nlohmann::json doc = nlohmann::json::parse(text);
+      if (doc.is_object() && doc.contains("clusters")) {
+        auto out = from_cluster_file(doc, file);
+        if (out.empty()) throw InputError(file + ": no \"novel\" queries found");
+        return out;
+      }
+    } catch (const nlohmann::json::parse_error& e) {
+      // Not one document: JSON Lines, unless its first line is no record
+      // either, when the document's own error is the useful one.
+      const auto line_end = text.find('\n', first);
+      if (!nlohmann::json::accept(text.substr(first, line_end == std::string::npos ? line_end : line_end - first))) {
+        throw InputError(file + ": not valid JSON (" + e.what() +
+                         "); expected a {\"clusters\": [...]} document or one {\"query\", \"cluster\"} "
+                         "object per line");
+      }
     }
   }
   std::vector<LabeledQuery> out;

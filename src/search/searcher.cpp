@@ -167,6 +167,7 @@ struct Searcher::Impl {
 
   const GlobalProjection& global_w() const {
     std::call_once(global_once, [this] {
+      const Store::ReadSnapshot snapshot = store->read_snapshot();
       const EmbeddingSet q = store->embeddings(model_id, EntityKind::Question);
       std::unordered_map<std::int64_t, std::size_t> row;
       for (std::size_t i = 0; i < q.ids.size(); ++i) row.emplace(q.ids[i], i);
@@ -201,6 +202,10 @@ Searcher::~Searcher() = default;
 Searcher Searcher::load(const Store& store, const std::string& projection_name,
                         const SearcherOptions& searcher_options) {
   const TeacherOptions& teacher_options = searcher_options.teacher;
+  // Projection, its student and ensemble, clusters, answers and their embeddings
+  // from one committed state, so that a concurrent import or training run is
+  // seen whole or not at all.
+  const Store::ReadSnapshot snapshot = store.read_snapshot();
   auto projection = store.load_projection(projection_name);
   if (!projection) {
     throw InputError(projection_name.empty()
@@ -229,8 +234,14 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
     std::copy(head.answer.begin(), head.answer.end(), answers.row(h));
     impl->head_clusters.push_back(head.cluster_id);
   }
-  impl->teacher =
-      MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature, teacher_options);
+  try {
+    impl->teacher =
+        MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature, teacher_options);
+  } catch (const InputError& e) {
+    // Stored heads are checked when saved, so this is a damaged database.
+    throw InputError("projection \"" + projection->name + "\" in " + store.path().string() +
+                     " cannot be used: " + e.what() + "; train it again with `ldaproj train`");
+  }
   if (auto student = store.load_student(projection->name)) {
     if (student->weights.config.dim != dim) {
       throw Error("the student of projection " + projection->name + " has dimension " +
@@ -280,7 +291,7 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
 
 Matrix Searcher::project(const Matrix& queries, const SearchOptions& options) const {
   const Impl& s = *impl_;
-  check_query_dimension(queries);
+  check_queries(queries);
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   switch (options.method) {
     case Method::Direct: {
@@ -326,16 +337,32 @@ void Searcher::check_question_options(const SearchOptions& options) {
   }
 }
 
-void Searcher::check_query_dimension(const Matrix& queries) const {
-  if (queries.cols != impl_->teacher.dim()) {
-    throw InputError("query embeddings have dimension " + std::to_string(queries.cols) +
-                     ", the store's model has " + std::to_string(impl_->teacher.dim()));
+void Searcher::check_queries(const Matrix& queries) const {
+  const Impl& s = *impl_;
+  if (queries.data.size() != queries.rows * queries.cols) {
+    throw InputError("query matrix is " + std::to_string(queries.rows) + "x" + std::to_string(queries.cols) +
+                     " but holds " + std::to_string(queries.data.size()) + " values");
+  }
+  if (queries.cols != s.teacher.dim()) {
+    throw InputError("query embeddings have dimension " + std::to_string(queries.cols) + ", the projection \"" +
+                     s.projection_name + "\" (model " + s.model_name + ") has " + std::to_string(s.teacher.dim()) +
+                     "; embed the queries with that model");
+  }
+  // Checked before the method runs, so every method (and a missing student or
+  // ensemble) reports a bad query the same way.
+  for (std::size_t q = 0; q < queries.rows; ++q) {
+    double sq = 0.0;
+    for (std::size_t j = 0; j < queries.cols; ++j) sq += static_cast<double>(queries(q, j)) * queries(q, j);
+    if (!std::isfinite(sq)) throw InputError("query #" + std::to_string(q) + " contains NaN or Inf values");
+    if (sq <= 0.0) {
+      throw InputError("query #" + std::to_string(q) + " is a zero vector; it has no direction to compare by cosine");
+    }
   }
 }
 
 std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOptions& options) const {
   const Impl& s = *impl_;
-  check_query_dimension(queries);
+  check_queries(queries);
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   Matrix projected;
   Matrix weights;
@@ -395,8 +422,10 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
   return results;
 }
 
-std::vector<QueryResult> Searcher::rank(const Matrix& projected, std::size_t top_k) const {
+std::vector<QueryResult> Searcher::rank(const Matrix& projected, std::size_t requested_top_k) const {
   const Impl& s = *impl_;
+  // More than there are answers cannot be returned, and a huge request must not overflow below.
+  const std::size_t top_k = std::min(requested_top_k, s.answers.size());
   if (projected.cols != s.teacher.dim()) {
     throw InputError("projected queries have dimension " + std::to_string(projected.cols) +
                      ", the store's model has " + std::to_string(s.teacher.dim()));

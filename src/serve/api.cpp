@@ -89,7 +89,8 @@ json parse_object(const std::string& body) {
   json parsed;
   try {
     parsed = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, or out_of_range for a number beyond a double (1e999).
     throw ApiError(400, "invalid_json", std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!parsed.is_object()) {

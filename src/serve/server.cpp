@@ -672,7 +672,7 @@ Server::Server(ServerOptions options) {
   s.http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     impl_->on_http_error(req, res);
   });
-  s.http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+  s.http.set_exception_handler([](const httplib::Request&, httplib::Response& res, const std::exception_ptr&) {
     Impl::reply_error(res, 500, "internal", "unexpected failure");
   });
   s.register_routes(*this);

@@ -45,6 +45,7 @@
 #include "ldaproj/importer.hpp"
 #include "store/sqlite.hpp"
 #include "store/store_impl.hpp"
+#include "text/utf8.hpp"
 
 namespace ldaproj {
 
@@ -109,43 +110,6 @@ std::string expected(const char* what, const Json& got) {
   return std::string("expected ") + what + ", got " + got.type_name();
 }
 
-// Offset of the first byte that is not well-formed UTF-8 (overlong forms,
-// surrogates and code points past U+10FFFF included), or nullopt.
-std::optional<std::size_t> first_invalid_utf8(std::string_view text) {
-  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
-  const std::size_t size = text.size();
-  std::size_t i = 0;
-  while (i < size) {
-    const unsigned char lead = bytes[i];
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t length = 0;
-    unsigned char min_second = 0x80, max_second = 0xBF;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      length = 2;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      length = 3;
-      if (lead == 0xE0) min_second = 0xA0;  // overlong
-      if (lead == 0xED) max_second = 0x9F;  // surrogates
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      length = 4;
-      if (lead == 0xF0) min_second = 0x90;  // overlong
-      if (lead == 0xF4) max_second = 0x8F;  // past U+10FFFF
-    } else {
-      return i;
-    }
-    if (i + length > size) return i;
-    if (bytes[i + 1] < min_second || bytes[i + 1] > max_second) return i;
-    for (std::size_t k = 2; k < length; ++k) {
-      if (bytes[i + k] < 0x80 || bytes[i + k] > 0xBF) return i;
-    }
-    i += length;
-  }
-  return std::nullopt;
-}
-
 struct LineColumn {
   std::size_t line = 1;
   std::size_t column = 1;
@@ -183,6 +147,28 @@ std::size_t parse_error_offset(const Json::parse_error& error, std::size_t text_
   return std::min(read, text_size);
 }
 
+// A number too large for a double (1e999) is not a syntax error to nlohmann
+// but an out_of_range exception; its message quotes the number.
+std::string number_range_reason(const Json::out_of_range& error) {
+  const std::string what = error.what();
+  const std::size_t open = what.find('\'');
+  const std::size_t close = what.rfind('\'');
+  const std::string number =
+      open != std::string::npos && close > open ? what.substr(open + 1, std::min<std::size_t>(close - open - 1, 64))
+                                                : std::string("?");
+  return "the number " + number + " is out of range for a double; write it smaller";
+}
+
+// Where the number an out_of_range error quotes first appears in `text`.
+std::size_t number_range_offset(const Json::out_of_range& error, std::string_view text) {
+  const std::string what = error.what();
+  const std::size_t open = what.find('\'');
+  const std::size_t close = what.rfind('\'');
+  if (open == std::string::npos || close <= open) return 0;
+  const std::size_t at = text.find(std::string_view(what).substr(open + 1, close - open - 1));
+  return at == std::string_view::npos ? 0 : at;
+}
+
 std::string sha256_hex(std::string_view bytes) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   unsigned char digest[EVP_MAX_MD_SIZE];
@@ -215,13 +201,25 @@ std::string read_whole_file(const fs::path& file) {
   return std::move(buffer).str();
 }
 
+void check_length(const std::string& text, const std::string& field, const std::string& file,
+                  const std::string& where) {
+  if (text.size() > kMaxTextBytes) {
+    fail(file, where,
+         field_error(field, "is " + std::to_string(text.size()) + " bytes long, over the limit of " +
+                                std::to_string(kMaxTextBytes) +
+                                " (the encoder reads only the first few hundred tokens); shorten or split it"));
+  }
+}
+
 // A string member that may be absent or null; "" then.
 std::string optional_string(const Json& object, const char* key, const std::string& file,
                             const std::string& where, const std::string& field_prefix = {}) {
   const auto it = object.find(key);
   if (it == object.end() || it->is_null()) return {};
   if (!it->is_string()) fail(file, where, field_error(field_prefix + key, expected("a string", *it)));
-  return it->get<std::string>();
+  std::string text = it->get<std::string>();
+  check_length(text, field_prefix + key, file, where);
+  return text;
 }
 
 // A string member that must be present and not blank.
@@ -230,6 +228,7 @@ std::string required_text(const Json& value, const std::string& field, const std
   if (!value.is_string()) fail(file, where, field_error(field, expected("a string", value)));
   std::string text = value.get<std::string>();
   if (is_blank(text)) fail(file, where, field_error(field, "is empty; remove the entry or give it text"));
+  check_length(text, field, file, where);
   return text;
 }
 
@@ -330,6 +329,9 @@ ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std:
       const std::size_t offset = parse_error_offset(error, line.size());
       fail(file, at_line + ", column " + std::to_string(offset + 1),
            "invalid JSON: " + parse_error_reason(error) + " (JSON Lines needs one complete object per line)");
+    } catch (const Json::out_of_range& error) {
+      fail(file, at_line + ", column " + std::to_string(number_range_offset(error, line) + 1),
+           "invalid JSON: " + number_range_reason(error));
     }
     if (!record.is_object()) fail(file, at_line, expected("a JSON object", record));
     const auto cluster_it = record.find("cluster");
@@ -395,7 +397,7 @@ ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std:
 }
 
 ParsedFile parse_content(std::string_view bytes, const std::string& file) {
-  if (const auto bad = first_invalid_utf8(bytes)) {
+  if (const auto bad = text::first_invalid_utf8(bytes)) {
     const LineColumn at = line_column_at(bytes, *bad);
     char hex[8];
     std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned>(static_cast<unsigned char>(bytes[*bad])));
@@ -416,6 +418,9 @@ ParsedFile parse_content(std::string_view bytes, const std::string& file) {
   } catch (const Json::parse_error& error) {
     whole_reason = parse_error_reason(error);
     whole_offset = parse_error_offset(error, body.size());
+  } catch (const Json::out_of_range& error) {
+    whole_reason = number_range_reason(error);
+    whole_offset = number_range_offset(error, body);
   }
   if (whole) {
     if (whole->is_object() && whole->contains("clusters")) return parse_original(*whole, file);

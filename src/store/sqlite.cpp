@@ -2,19 +2,59 @@
 #include "store/sqlite.hpp"
 
 #include <limits>
+#include <string>
 
 #include "ldaproj/error.hpp"
 
 namespace ldaproj::sqlite {
 
-void throw_error(sqlite3* db, int rc, std::string_view context) {
-  const int primary = rc & 0xff;
-  std::string message = std::string(context) + ": " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-  if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) {
-    message += " (another process holds the database lock; retry when it has finished)";
+namespace {
+
+// What the user can do about an error class, or "" when SQLite's own text
+// says it all. `file` is the database the connection works on.
+std::string advice_for(int rc, const std::string& file) {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return "another process holds the database lock; retry when it has finished";
+    case SQLITE_FULL:
+      return "the disk holding " + file + " is full or a file-size limit was reached; free space and run "
+             "the command again (the failed write changed nothing)";
+    case SQLITE_IOERR:
+      return "reading or writing " + file + " or its -wal/-shm files failed: the disk may be full or a "
+             "file-size limit reached, or the device is failing; free space and run the command again (the "
+             "failed write changed nothing)";
+    case SQLITE_READONLY:
+      return file + " cannot be written: this user needs write permission on the file and on its directory "
+             "(SQLite keeps -wal and -shm files next to it), and the file system must not be read-only";
+    case SQLITE_CANTOPEN:
+      return "cannot open " + file + " or its -wal/-shm files; check that the directory exists and is "
+             "writable";
+    case SQLITE_CORRUPT:
+      return file + " is damaged; restore it from a backup (sqlite3 " + file +
+             " 'PRAGMA integrity_check' lists the damage)";
+    default:
+      return {};
   }
-  if (primary == SQLITE_NOTADB) throw InputError(message);
+}
+
+std::string database_file(sqlite3* db) {
+  const char* name = db ? sqlite3_db_filename(db, "main") : nullptr;
+  return name && *name ? name : "the database";
+}
+
+[[noreturn]] void throw_with(sqlite3* db, int rc, std::string_view context, const std::string& detail) {
+  const std::string file = database_file(db);
+  std::string message = std::string(context) + ": " + detail;
+  if (const std::string advice = advice_for(rc, file); !advice.empty()) message += " (" + advice + ")";
+  if ((rc & 0xff) == SQLITE_NOTADB) throw InputError(message);
   throw Error(message);
+}
+
+}  // namespace
+
+void throw_error(sqlite3* db, int rc, std::string_view context) {
+  throw_with(db, rc, context, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
 }
 
 void exec(sqlite3* db, std::string_view sql) {
@@ -22,13 +62,11 @@ void exec(sqlite3* db, std::string_view sql) {
   char* raw_error = nullptr;
   const int rc = sqlite3_exec(db, text.c_str(), nullptr, nullptr, &raw_error);
   if (rc != SQLITE_OK) {
-    std::string detail = raw_error ? raw_error : sqlite3_errstr(rc);
+    const std::string detail = raw_error ? raw_error : sqlite3_errstr(rc);
     sqlite3_free(raw_error);
-    std::string context = "SQLite: " + text.substr(0, 60);
-    const int primary = rc & 0xff;
-    if (primary == SQLITE_NOTADB) throw InputError(context + ": " + detail);
-    if (primary == SQLITE_BUSY) detail += " (another process holds the database lock; retry when it has finished)";
-    throw Error(context + ": " + detail);
+    // sqlite3_exec returns the primary code; the connection has the extended one.
+    const int code = sqlite3_extended_errcode(db);
+    throw_with(db, (code & 0xff) == (rc & 0xff) ? code : rc, "SQLite: " + text.substr(0, 60), detail);
   }
 }
 
@@ -119,6 +157,9 @@ int Statement::column_count() const { return sqlite3_column_count(stmt_); }
 int Statement::column_type(int column) const { return sqlite3_column_type(stmt_, column); }
 
 Transaction::Transaction(sqlite3* db, Kind kind) : db_(db) {
+  // A read inside an open transaction already sees that transaction's
+  // snapshot: it joins it instead of failing on a nested BEGIN.
+  if (kind == Kind::Read && sqlite3_get_autocommit(db_) == 0) return;
   exec(db_, kind == Kind::Write ? "BEGIN IMMEDIATE" : "BEGIN");
   open_ = true;
 }
@@ -130,6 +171,7 @@ Transaction::~Transaction() {
 }
 
 void Transaction::commit() {
+  if (!open_) return;  // joined an enclosing transaction, which commits it
   exec(db_, "COMMIT");
   open_ = false;
 }

@@ -57,6 +57,8 @@ class Statement {
 // BEGIN on construction, ROLLBACK on destruction unless commit() ran. Write
 // transactions take the write lock up front (IMMEDIATE) so that a busy
 // database waits for the busy timeout at BEGIN instead of failing mid-way.
+// A read transaction started inside another transaction joins it (and its
+// commit() does nothing), so reads nest inside a Store::ReadSnapshot.
 class Transaction {
  public:
   enum class Kind { Read, Write };

@@ -2,8 +2,12 @@
 // database, clusters/questions/answers reads, embedding models and vectors,
 // projections with their heads, distilled students, import batches and
 // statistics. Imports are written by src/store/importer.cpp.
+#include <unistd.h>
+
 #include <algorithm>
 #include <bit>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <ctime>
@@ -11,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
+#include <utility>
 
 #include "ldaproj/error.hpp"
 #include "ldaproj/store.hpp"
@@ -116,6 +121,45 @@ void open_connection(Store::Impl& impl, int flags) {
   configure_connection(impl.db);
 }
 
+fs::path directory_of(const fs::path& path) {
+  return path.has_parent_path() ? path.parent_path() : fs::path(".");
+}
+
+// access(2) says "no" for want of permission or on a read-only file system;
+// other failures (a missing directory) are left to SQLite to report.
+bool denied(const fs::path& path) {
+  if (::access(path.c_str(), W_OK) == 0) return false;
+  return errno == EACCES || errno == EPERM || errno == EROFS;
+}
+
+// Why this user cannot write the database at `path` (or create it), or "".
+std::string why_not_writable(const fs::path& path) {
+  std::error_code ec;
+  if (fs::exists(path, ec) && denied(path)) return "no write permission on the file";
+  const fs::path dir = directory_of(path);
+  if (denied(dir)) {
+    return "no write permission on its directory " + dir.string() +
+           " (SQLite keeps the -wal and -shm files next to the database)";
+  }
+  return {};
+}
+
+// A file: URI for `path` with every byte that could be read as URI syntax escaped.
+std::string file_uri(const fs::path& path, const char* query) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string uri = "file:";
+  for (const unsigned char c : path.string()) {
+    if (std::isalnum(c) || c == '/' || c == '.' || c == '-' || c == '_' || c == '~') {
+      uri.push_back(static_cast<char>(c));
+    } else {
+      uri.push_back('%');
+      uri.push_back(kHex[c >> 4]);
+      uri.push_back(kHex[c & 0xf]);
+    }
+  }
+  return uri + "?" + query;
+}
+
 void require_writable(const Store::Impl& impl, const char* operation) {
   if (impl.read_only) {
     throw Error(std::string(operation) + ": database " + impl.path.string() + " was opened read-only");
@@ -218,6 +262,14 @@ void check_finite(std::span<const float> values, const std::string& what) {
   }
 }
 
+// Every comparison is by cosine, which a zero vector does not have.
+void check_nonzero(std::span<const float> values, const std::string& what) {
+  if (std::all_of(values.begin(), values.end(), [](float v) { return v == 0.0f; })) {
+    throw InputError(what + " is a zero vector, which has no direction to compare by cosine; nothing was "
+                            "stored (is the encoder's output broken?)");
+  }
+}
+
 }  // namespace
 
 Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -233,6 +285,15 @@ Store Store::open(const fs::path& db_path) {
   std::error_code ec;
   if (fs::is_directory(db_path, ec)) {
     throw InputError(db_path.string() + " is a directory; give --db a database file name");
+  }
+  if (const std::string why = why_not_writable(db_path); !why.empty()) {
+    if (!fs::exists(db_path, ec)) {
+      throw InputError("cannot create database " + db_path.string() + ": " + why +
+                       "; give --db a path in a writable directory");
+    }
+    throw InputError("database " + db_path.string() + " is read-only for this user: " + why +
+                     ". import, embed and train write to it: grant write access (chmod u+w) or copy the "
+                     "database to a writable place; query, validate and stats can read it as it is");
   }
   auto impl = std::make_unique<Impl>();
   impl->path = db_path;
@@ -255,7 +316,27 @@ Store Store::open_read_only(const fs::path& db_path) {
   auto impl = std::make_unique<Impl>();
   impl->path = db_path;
   impl->read_only = true;
-  open_connection(*impl, SQLITE_OPEN_READONLY);
+  // A WAL database needs its -shm file, which SQLite cannot create in a
+  // directory this user may not write. Without -shm and -wal files no
+  // connection has the database open (the last one to close removes them),
+  // so it is read as an immutable file then.
+  const fs::path wal = db_path.string() + "-wal", shm = db_path.string() + "-shm";
+  if (denied(directory_of(db_path)) && !fs::exists(shm, ec)) {
+    if (fs::exists(wal, ec) && fs::file_size(wal, ec) > 0) {
+      throw InputError("database " + db_path.string() + " has a write-ahead log (" + wal.string() +
+                       ") that must be merged, but its directory is not writable for this user; run "
+                       "`ldaproj stats --db " + db_path.string() + "` once as a user who can write there");
+    }
+    const int rc = sqlite3_open_v2(file_uri(db_path, "immutable=1").c_str(), &impl->db,
+                                   SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, nullptr);
+    if (rc != SQLITE_OK) {
+      throw InputError("cannot open database " + db_path.string() + ": " +
+                       (impl->db ? sqlite3_errmsg(impl->db) : sqlite3_errstr(rc)));
+    }
+    configure_connection(impl->db);
+  } else {
+    open_connection(*impl, SQLITE_OPEN_READONLY);
+  }
   check_compatible_or_explain(impl->db, db_path);
   const int version = schema::user_version(impl->db);
   if (version < kSchemaVersion) {
@@ -266,6 +347,37 @@ Store Store::open_read_only(const fs::path& db_path) {
   sqlite::exec(impl->db, "PRAGMA foreign_keys = ON");
   return Store(std::move(impl));
 }
+
+Store Store::open_for_reading(const fs::path& db_path) {
+  std::error_code ec;
+  if (fs::is_regular_file(db_path, ec) && why_not_writable(db_path).empty()) return open(db_path);
+  return open_read_only(db_path);
+}
+
+Store::ReadSnapshot::ReadSnapshot(const Store& store) {
+  sqlite3* db = store.impl().db;
+  if (sqlite3_get_autocommit(db) == 0) return;  // inside a snapshot already: share it
+  sqlite::exec(db, "BEGIN");
+  store_ = &store;
+  // A deferred transaction takes its snapshot at its first read: take it now.
+  try {
+    Statement first_read(db, "SELECT count(*) FROM sqlite_master");
+    first_read.step();
+  } catch (...) {
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+Store::ReadSnapshot::ReadSnapshot(ReadSnapshot&& other) noexcept : store_(std::exchange(other.store_, nullptr)) {}
+
+Store::ReadSnapshot::~ReadSnapshot() {
+  // Ending a read-only transaction cannot lose data; an error here (the
+  // connection already rolled back) leaves nothing to do.
+  if (store_ != nullptr) sqlite3_exec(store_->impl().db, "COMMIT", nullptr, nullptr, nullptr);
+}
+
+Store::ReadSnapshot Store::read_snapshot() const { return ReadSnapshot(*this); }
 
 std::vector<Cluster> Store::clusters() const {
   Statement select(impl_->db, "SELECT id, external_id, name, description FROM clusters ORDER BY id");
@@ -357,8 +469,10 @@ void Store::put_embeddings(std::int64_t model_id, EntityKind kind, const std::ve
                      std::to_string(model.dim) + ", got " + std::to_string(vectors.cols));
   }
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    check_finite(vectors.row_span(i), std::string(t.singular) + " " + std::to_string(ids[i]) + "'s \"" +
-                                          model.name + "\" embedding");
+    const std::string what = std::string(t.singular) + " " + std::to_string(ids[i]) + "'s \"" + model.name +
+                             "\" embedding";
+    check_finite(vectors.row_span(i), what);
+    check_nonzero(vectors.row_span(i), what);
   }
   if (ids.empty()) return;
 
@@ -431,6 +545,8 @@ std::int64_t Store::save_projection(const Projection& projection) {
     }
     check_finite(head.centroid, what + ": centroid");
     check_finite(head.answer, what + ": answer");
+    check_nonzero(head.centroid, what + ": centroid");
+    check_nonzero(head.answer, what + ": answer");
   }
 
   sqlite3* db = impl_->db;

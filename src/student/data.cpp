@@ -188,6 +188,7 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
     for (auto& qi : picks) qi = train[pick(train.size())];
     if (s == DataSource::Across) {
       std::vector<std::size_t> wanted;
+      wanted.reserve(picks.size());
       for (std::size_t qi : picks) wanted.push_back(head_of_question[qi]);
       std::sort(wanted.begin(), wanted.end());
       wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -41,8 +42,9 @@ utf8proc_category_t category(char32_t c) {
   // The few characters whose general category changed after Unicode 8.0
   // keep their 8.0 category, as in the reference's tables.
   switch (c) {
-    case 0x166D: return UTF8PROC_CATEGORY_PO;   // So since Unicode 12
-    case 0x111C9: return UTF8PROC_CATEGORY_PO;  // Mn since Unicode 11
+    case 0x166D:   // So since Unicode 12
+    case 0x111C9:  // Mn since Unicode 11
+      return UTF8PROC_CATEGORY_PO;
     case 0x1734: return UTF8PROC_CATEGORY_MN;   // Mc since Unicode 14
     case 0xA9BD: return UTF8PROC_CATEGORY_MC;   // Mn since Unicode 12
     case 0x1885: case 0x1886: return UTF8PROC_CATEGORY_LO;  // Mn since Unicode 9
@@ -140,6 +142,7 @@ struct Tokenizer::Impl {
   std::string prefix = "##";
   std::size_t max_chars_per_word = 100;
   std::int32_t unk = 0, cls = 0, sep = 0, pad = 0;
+  std::int32_t max_id = 0;
 
   std::u32string normalize(std::string_view text) const {
     const std::u32string in = decode_utf8(text);
@@ -292,8 +295,14 @@ Tokenizer Tokenizer::from_file(const std::filesystem::path& path) {
   const auto& vocab = field(model, "vocab", "model.");
   if (!vocab.is_object() || vocab.empty()) throw InputError(file + ": field \"model.vocab\" must be a non-empty object");
   for (const auto& [piece, id] : vocab.items()) {
-    if (!id.is_number_integer()) throw InputError(file + ": field \"model.vocab." + piece + "\" must be an integer id");
-    impl->vocab.emplace(piece, id.get<std::int32_t>());
+    const bool in_range = id.is_number_unsigned() && id.get<std::uint64_t>() <= std::numeric_limits<std::int32_t>::max();
+    if (!in_range) {
+      throw InputError(file + ": field \"model.vocab." + piece + "\" must be a token id from 0 to 2147483647, got " +
+                       id.dump());
+    }
+    const auto value = id.get<std::int32_t>();
+    impl->vocab.emplace(piece, value);
+    impl->max_id = std::max(impl->max_id, value);
   }
   if (model.contains("continuing_subword_prefix") && model["continuing_subword_prefix"].is_string()) {
     impl->prefix = model["continuing_subword_prefix"].get<std::string>();
@@ -350,5 +359,6 @@ std::int32_t Tokenizer::cls_id() const { return impl_->cls; }
 std::int32_t Tokenizer::sep_id() const { return impl_->sep; }
 std::int32_t Tokenizer::unk_id() const { return impl_->unk; }
 std::size_t Tokenizer::vocab_size() const { return impl_->vocab.size(); }
+std::int32_t Tokenizer::max_id() const { return impl_->max_id; }
 
 }  // namespace ldaproj
