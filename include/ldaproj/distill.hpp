@@ -170,6 +170,18 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
                               const DistillObserver& observer = {});
 
 // ---------------------------------------------------------------- the store
+// A stored projection (the named one, or the active one when empty) as a
+// teacher, with the embedded questions of its heads (unit rows) and each
+// question's head. InputError when nothing is trained or no question is
+// embedded.
+struct ProjectionTeacher {
+  Projection projection;  // with its heads
+  MultiHeadProjection teacher;
+  Matrix questions;
+  std::vector<std::size_t> head_of_question;
+};
+ProjectionTeacher load_projection_teacher(const Store& store, const std::string& projection_name);
+
 // Loads the named (or active) projection and its questions, distils, and
 // saves the student tied to that projection (replacing an earlier one), in one
 // transaction. InputError when nothing is trained or embeddings are missing.

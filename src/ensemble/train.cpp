@@ -183,59 +183,24 @@ StoreEnsembleReport train_projection_ensemble(Store& store, const std::string& p
                                               const DomainOptions& domain_options, const std::string& labels_file,
                                               const EnsembleOptions& options,
                                               const std::function<void(const EnsembleProgress&)>& progress) {
-  const auto projection = store.load_projection(projection_name);
-  if (!projection) {
-    throw InputError(projection_name.empty()
-                         ? "no trained projection in " + store.path().string() + "; run `ldaproj train --db " +
-                               store.path().string() + "` first"
-                         : "no projection named \"" + projection_name + "\" in " + store.path().string());
-  }
-  const auto model = store.find_model(projection->model);
-  if (!model) throw Error("projection \"" + projection->name + "\" refers to unknown model " + projection->model);
-  const std::size_t dim = model->dim;
-  Matrix centroids(projection->heads.size(), dim), answers(projection->heads.size(), dim);
-  std::unordered_map<std::int64_t, std::size_t> head_of_cluster;
-  for (std::size_t h = 0; h < projection->heads.size(); ++h) {
-    const Head& head = projection->heads[h];
-    std::copy(head.centroid.begin(), head.centroid.end(), centroids.row(h));
-    std::copy(head.answer.begin(), head.answer.end(), answers.row(h));
-    head_of_cluster.emplace(head.cluster_id, h);
-  }
+  const ProjectionTeacher loaded = load_projection_teacher(store, projection_name);
+  const Projection& projection = loaded.projection;
+  const MultiHeadProjection& teacher = loaded.teacher;
 
   DomainAssignment assignment;
   if (!labels_file.empty()) {
     std::unordered_map<std::int64_t, std::string> external;
     for (const Cluster& c : store.clusters()) external.emplace(c.id, c.external_id);
     std::vector<std::string> names;
-    for (const Head& head : projection->heads) names.push_back(external.at(head.cluster_id));
+    for (const Head& head : projection.heads) names.push_back(external.at(head.cluster_id));
     assignment = read_domain_labels(labels_file, names);
   } else {
-    assignment = assign_domains(centroids, domain_options);
+    assignment = assign_domains(teacher.centroids(), domain_options);
   }
-  const MultiHeadProjection teacher(std::move(centroids), std::move(answers), projection->temperature);
-
-  const EmbeddingSet q_emb = store.embeddings(model->id, EntityKind::Question);
-  std::unordered_map<std::int64_t, std::size_t> row_of_question;
-  for (std::size_t i = 0; i < q_emb.ids.size(); ++i) row_of_question.emplace(q_emb.ids[i], i);
-  Matrix questions(0, dim);
-  std::vector<std::size_t> head_of_question;
-  for (const Question& q : store.questions()) {
-    const auto row = row_of_question.find(q.id);
-    const auto head = head_of_cluster.find(q.cluster_id);
-    if (row == row_of_question.end() || head == head_of_cluster.end()) continue;
-    questions.data.insert(questions.data.end(), q_emb.vectors.row(row->second), q_emb.vectors.row(row->second) + dim);
-    ++questions.rows;
-    head_of_question.push_back(head->second);
-  }
-  if (questions.rows == 0) {
-    throw InputError("projection \"" + projection->name + "\" has no embedded questions; run `ldaproj embed --db " +
-                     store.path().string() + "`");
-  }
-  normalize_rows(questions, "question embedding");
 
   StoreEnsembleReport out;
-  out.projection = projection->name;
-  out.report = train_ensemble(teacher, questions, head_of_question, assignment, options, progress);
+  out.projection = projection.name;
+  out.report = train_ensemble(teacher, loaded.questions, loaded.head_of_question, assignment, options, progress);
   const EnsembleReport& r = out.report;
   nlohmann::json domains = nlohmann::json::array();
   for (std::size_t d = 0; d < r.domains.size(); ++d) {
@@ -245,7 +210,7 @@ StoreEnsembleReport train_projection_ensemble(Store& store, const std::string& p
                        {"student_validation_cosine", r.domains[d].validation_cosine},
                        {"seconds", r.domains[d].seconds}});
   }
-  const nlohmann::json metrics{{"teacher_temperature", projection->temperature},
+  const nlohmann::json metrics{{"teacher_temperature", projection.temperature},
                                {"teacher_heads", teacher.num_heads()},
                                {"parameters", r.weights.parameter_count()},
                                {"domain_method", labels_file.empty() ? std::string(to_string(domain_options.method))
@@ -256,7 +221,7 @@ StoreEnsembleReport train_projection_ensemble(Store& store, const std::string& p
                                {"router_initial_cosine", r.router_initial_cosine},
                                {"validation_cosine", r.validation_cosine},
                                {"seconds", r.seconds}};
-  store.save_ensemble(to_stored_ensemble(r.weights, projection->name, metrics.dump()));
+  store.save_ensemble(to_stored_ensemble(r.weights, projection.name, metrics.dump()));
   return out;
 }
 

@@ -226,6 +226,48 @@ std::vector<StoredStudent> read_students(sqlite3* db, const fs::path& path) {
   return result;
 }
 
+// Named float tensors of a student or ensemble: rows of `table` keyed by
+// (`owner` column = owner_id, name), in their order (`position`).
+void insert_tensors(sqlite3* db, const std::string& table, const std::string& owner, std::int64_t owner_id,
+                    const std::vector<StudentTensor>& tensors) {
+  Statement insert(db, "INSERT INTO " + table + "(" + owner + ", name, position, shape_json, data) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5)");
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const StudentTensor& t = tensors[i];
+    insert.reset();
+    insert.bind(1, owner_id)
+        .bind(2, t.name)
+        .bind(3, static_cast<std::int64_t>(i))
+        .bind(4, nlohmann::json(t.shape).dump())
+        .bind_blob(5, encode_floats(t.values))
+        .run();
+  }
+}
+
+// The tensors insert_tensors wrote; `what` names their owner and `remedy`
+// says how to rebuild it when a row is malformed.
+std::vector<StudentTensor> read_tensors(sqlite3* db, const std::string& table, const std::string& owner,
+                                        std::int64_t owner_id, const std::string& what, const std::string& remedy) {
+  Statement select(db, "SELECT name, shape_json, data FROM " + table + " WHERE " + owner + " = ?1 ORDER BY position");
+  select.bind(1, owner_id);
+  std::vector<StudentTensor> tensors;
+  while (select.step()) {
+    StudentTensor t;
+    t.name = select.column_text(0);
+    std::size_t count = 1;
+    try {
+      t.shape = nlohmann::json::parse(select.column_text(1)).get<std::vector<std::int64_t>>();
+    } catch (const nlohmann::json::exception&) {
+      throw Error(what + ": tensor '" + t.name + "' has a malformed shape; " + remedy);
+    }
+    for (const auto dim : t.shape) count *= static_cast<std::size_t>(std::max<std::int64_t>(dim, 0));
+    t.values.resize(count);
+    decode_floats(select.column_blob(2), count, t.values.data(), what + ", tensor '" + t.name + "'");
+    tensors.push_back(std::move(t));
+  }
+  return tensors;
+}
+
 constexpr const char* kEnsembleColumns =
     "SELECT e.id, p.name, e.config_json, e.metrics_json, e.created_at "
     "FROM ensembles e JOIN projections p ON p.id = e.projection_id ";
@@ -664,19 +706,7 @@ std::int64_t Store::save_student(const StoredStudent& student) {
       .bind(4, student.created_at.empty() ? store_detail::utc_now() : student.created_at)
       .run();
   const std::int64_t student_id = sqlite3_last_insert_rowid(db);
-  Statement insert_tensor(db,
-                          "INSERT INTO student_tensors(student_id, name, position, shape_json, data) "
-                          "VALUES (?1, ?2, ?3, ?4, ?5)");
-  for (std::size_t i = 0; i < student.weights.tensors.size(); ++i) {
-    const StudentTensor& t = student.weights.tensors[i];
-    insert_tensor.reset();
-    insert_tensor.bind(1, student_id)
-        .bind(2, t.name)
-        .bind(3, static_cast<std::int64_t>(i))
-        .bind(4, nlohmann::json(t.shape).dump())
-        .bind_blob(5, encode_floats(t.values))
-        .run();
-  }
+  insert_tensors(db, "student_tensors", "student_id", student_id, student.weights.tensors);
   transaction.commit();
   return student_id;
 }
@@ -691,22 +721,8 @@ std::optional<StoredStudent> Store::load_student(const std::string& projection_n
   if (!select.step()) return std::nullopt;
   StoredStudent student = student_from_row(select, impl_->path);
   const std::string what = "the student of projection \"" + student.projection + "\"";
-  Statement tensors(db, "SELECT name, shape_json, data FROM student_tensors WHERE student_id = ?1 ORDER BY position");
-  tensors.bind(1, student.id);
-  while (tensors.step()) {
-    StudentTensor t;
-    t.name = tensors.column_text(0);
-    std::size_t count = 1;
-    try {
-      t.shape = nlohmann::json::parse(tensors.column_text(1)).get<std::vector<std::int64_t>>();
-    } catch (const nlohmann::json::exception&) {
-      throw Error(what + ": tensor '" + t.name + "' has a malformed shape; distil again with `ldaproj distill`");
-    }
-    for (const auto dim : t.shape) count *= static_cast<std::size_t>(std::max<std::int64_t>(dim, 0));
-    t.values.resize(count);
-    decode_floats(tensors.column_blob(2), count, t.values.data(), what + ", tensor '" + t.name + "'");
-    student.weights.tensors.push_back(std::move(t));
-  }
+  student.weights.tensors =
+      read_tensors(db, "student_tensors", "student_id", student.id, what, "distil again with `ldaproj distill`");
   snapshot.commit();
   try {
     student.weights.validate(what + " in " + impl_->path.string());
@@ -761,19 +777,7 @@ std::int64_t Store::save_ensemble(const StoredEnsemble& ensemble) {
       .bind(4, ensemble.created_at.empty() ? store_detail::utc_now() : ensemble.created_at)
       .run();
   const std::int64_t ensemble_id = sqlite3_last_insert_rowid(db);
-  Statement insert_tensor(db,
-                          "INSERT INTO ensemble_tensors(ensemble_id, name, position, shape_json, data) "
-                          "VALUES (?1, ?2, ?3, ?4, ?5)");
-  for (std::size_t i = 0; i < ensemble.tensors.size(); ++i) {
-    const StudentTensor& t = ensemble.tensors[i];
-    insert_tensor.reset();
-    insert_tensor.bind(1, ensemble_id)
-        .bind(2, t.name)
-        .bind(3, static_cast<std::int64_t>(i))
-        .bind(4, nlohmann::json(t.shape).dump())
-        .bind_blob(5, encode_floats(t.values))
-        .run();
-  }
+  insert_tensors(db, "ensemble_tensors", "ensemble_id", ensemble_id, ensemble.tensors);
   transaction.commit();
   return ensemble_id;
 }
@@ -788,22 +792,8 @@ std::optional<StoredEnsemble> Store::load_ensemble(const std::string& projection
   if (!select.step()) return std::nullopt;
   StoredEnsemble ensemble = ensemble_from_row(select);
   const std::string what = "the ensemble of projection \"" + ensemble.projection + "\"";
-  Statement tensors(db, "SELECT name, shape_json, data FROM ensemble_tensors WHERE ensemble_id = ?1 ORDER BY position");
-  tensors.bind(1, ensemble.id);
-  while (tensors.step()) {
-    StudentTensor t;
-    t.name = tensors.column_text(0);
-    std::size_t count = 1;
-    try {
-      t.shape = nlohmann::json::parse(tensors.column_text(1)).get<std::vector<std::int64_t>>();
-    } catch (const nlohmann::json::exception&) {
-      throw Error(what + ": tensor '" + t.name + "' has a malformed shape; train it again with `ldaproj ensemble`");
-    }
-    for (const auto dim : t.shape) count *= static_cast<std::size_t>(std::max<std::int64_t>(dim, 0));
-    t.values.resize(count);
-    decode_floats(tensors.column_blob(2), count, t.values.data(), what + ", tensor '" + t.name + "'");
-    ensemble.tensors.push_back(std::move(t));
-  }
+  ensemble.tensors = read_tensors(db, "ensemble_tensors", "ensemble_id", ensemble.id, what,
+                                  "train it again with `ldaproj ensemble`");
   snapshot.commit();
   return ensemble;
 }

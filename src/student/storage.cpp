@@ -23,9 +23,10 @@ Projection require_projection(const Store& store, const std::string& name) {
 
 }  // namespace
 
-StoreDistillReport distill_projection(Store& store, const std::string& projection_name, const DistillOptions& options,
-                                      const DistillObserver& observer) {
-  const Projection projection = require_projection(store, projection_name);
+ProjectionTeacher load_projection_teacher(const Store& store, const std::string& projection_name) {
+  ProjectionTeacher out;
+  out.projection = require_projection(store, projection_name);
+  const Projection& projection = out.projection;
   const auto model = store.find_model(projection.model);
   if (!model) throw Error("projection \"" + projection.name + "\" refers to unknown model " + projection.model);
   const std::size_t dim = model->dim;
@@ -38,32 +39,41 @@ StoreDistillReport distill_projection(Store& store, const std::string& projectio
     std::copy(head.answer.begin(), head.answer.end(), answers.row(h));
     head_of_cluster.emplace(head.cluster_id, h);
   }
-  const MultiHeadProjection teacher(std::move(centroids), std::move(answers), projection.temperature);
+  out.teacher = MultiHeadProjection(std::move(centroids), std::move(answers), projection.temperature);
 
   const EmbeddingSet q_emb = store.embeddings(model->id, EntityKind::Question);
   std::unordered_map<std::int64_t, std::size_t> row_of_question;
   for (std::size_t i = 0; i < q_emb.ids.size(); ++i) row_of_question.emplace(q_emb.ids[i], i);
-  Matrix questions(0, dim);
-  std::vector<std::size_t> head_of_question;
+  out.questions = Matrix(0, dim);
   for (const Question& q : store.questions()) {
     const auto row = row_of_question.find(q.id);
     const auto head = head_of_cluster.find(q.cluster_id);
     if (row == row_of_question.end() || head == head_of_cluster.end()) continue;
-    questions.data.insert(questions.data.end(), q_emb.vectors.row(row->second), q_emb.vectors.row(row->second) + dim);
-    ++questions.rows;
-    head_of_question.push_back(head->second);
+    out.questions.data.insert(out.questions.data.end(), q_emb.vectors.row(row->second),
+                              q_emb.vectors.row(row->second) + dim);
+    ++out.questions.rows;
+    out.head_of_question.push_back(head->second);
   }
-  if (questions.rows == 0) {
+  if (out.questions.rows == 0) {
     throw InputError("projection \"" + projection.name + "\" has no embedded questions to distil from; run `ldaproj embed --db " +
                      store.path().string() + "`");
   }
-  normalize_rows(questions, "question embedding");
+  normalize_rows(out.questions, "question embedding");
+  return out;
+}
+
+StoreDistillReport distill_projection(Store& store, const std::string& projection_name, const DistillOptions& options,
+                                      const DistillObserver& observer) {
+  const ProjectionTeacher loaded = load_projection_teacher(store, projection_name);
+  const Projection& projection = loaded.projection;
+  const MultiHeadProjection& teacher = loaded.teacher;
+  const std::size_t dim = teacher.dim();
 
   DistillOptions o = options;
   o.config.dim = dim;
   StoreDistillReport out;
   out.projection = projection.name;
-  out.report = distill_student(teacher, questions, head_of_question, o, observer);
+  out.report = distill_student(teacher, loaded.questions, loaded.head_of_question, o, observer);
   const DistillReport& r = out.report;
 
   const DistillEpoch* best = nullptr;
