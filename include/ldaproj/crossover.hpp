@@ -66,6 +66,7 @@ struct CrossoverOptions {
   DistillOptions student;
   std::size_t domains = 8;
   std::size_t top_domains = 2;
+  std::size_t ensemble_fine_tune_epochs = 0;  // EnsembleOptions::fine_tune_epochs
   std::function<void(const std::string&)> progress;  // status lines, may be empty
 };
 

@@ -97,6 +97,12 @@ struct EnsembleOptions {
   std::size_t router_patience = 6;
   double router_lr = 1e-3;
   double router_kl_weight = 0.1;
+  // End-to-end fine-tuning after the router (0 epochs: off): router and every
+  // student trained together on the sparse top-k mix against the full
+  // teacher, with the router's KL term; same inputs, batch size and patience
+  // as the router.
+  std::size_t fine_tune_epochs = 0;
+  double fine_tune_lr = 1e-4;
   // Inputs the router trains on (the students' distillation data is made
   // per domain from `student.data`).
   DistillDataOptions router_data;
@@ -105,7 +111,7 @@ struct EnsembleOptions {
 };
 
 struct EnsembleProgress {
-  std::string stage;  // "student" or "router"
+  std::string stage;  // "student", "router" or "fine-tune"
   std::size_t domain = 0, domains = 0;  // for "student": which one (0-based)
   std::size_t epoch = 0, epochs = 0;
   double loss = 0.0;
@@ -123,7 +129,10 @@ struct EnsembleReport {
   std::vector<EnsembleDomainReport> domains;
   std::size_t router_epochs_run = 0, router_best_epoch = 0;
   double router_initial_cosine = 0.0;  // top-k mix vs full teacher on validation inputs, before router training
-  double validation_cosine = 0.0;       // the same after (best epoch)
+  double router_cosine = 0.0;           // the same after router training (best epoch)
+  std::size_t fine_tune_epochs_run = 0, fine_tune_best_epoch = 0;
+  double fine_tune_initial_cosine = 0.0;  // router_cosine recomputed through the torch students
+  double validation_cosine = 0.0;  // the final ensemble's (after fine-tuning when it ran)
   double seconds = 0.0;
 };
 

@@ -64,6 +64,14 @@ void BenchCommand::add_to(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--domains", domains, "Ensemble domains (k-means over the centroids)")->capture_default_str();
   command->add_option("--top-domains", top_domains, "Ensemble students run per query")->capture_default_str();
+  command->add_option("--student-keys-per-head", student_keys_per_head,
+                      "Learned keys per attention head of the student and of every ensemble student "
+                      "(student-matched gets more to match the ensemble's parameters)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--fine-tune-epochs", fine_tune_epochs,
+                      "Ensemble: epochs of end-to-end fine-tuning of router and students after the router (0: off)")
+      ->capture_default_str();
   command->add_option("--threads", threads, "Thread cap (default: all cores)")->check(CLI::NonNegativeNumber);
   command->add_option("--seed", seed, "Random seed")->capture_default_str();
   command->add_option("--csv", csv, "CSV output file")->capture_default_str();
@@ -86,6 +94,8 @@ int BenchCommand::run() const {
   o.student.data.samples = student_samples;
   o.domains = domains;
   o.top_domains = top_domains;
+  o.student.config.keys_per_head = student_keys_per_head;
+  o.ensemble_fine_tune_epochs = fine_tune_epochs;
   o.progress = [](const std::string& line) { std::fprintf(stderr, "  %s\n", line.c_str()); };
   if (!as_json) {
     std::printf("%-10s %-16s %10s %10s %12s %8s %8s %6s %12s %9s\n", "clusters", "method", "p50_us", "p99_us",

@@ -50,6 +50,12 @@ void EnsembleCommand::add_to(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--router-samples", options.router_data.samples, "Inputs the meta-router trains on")
       ->capture_default_str();
+  command->add_option("--fine-tune-epochs", options.fine_tune_epochs,
+                      "After the router: epochs of end-to-end fine-tuning of router and students together "
+                      "(0: off)")
+      ->capture_default_str();
+  command->add_option("--fine-tune-lr", options.fine_tune_lr, "Peak AdamW learning rate of the fine-tuning")
+      ->capture_default_str();
   command->add_option("--seed", options.seed, "Seed (domains, data, initialisation)")->capture_default_str();
   command->add_option("--threads", options.threads, "Threads (default: all cores)");
   command->add_flag("--json", as_json, "Print one JSON object");
@@ -60,6 +66,8 @@ void EnsembleCommand::add_to(CLI::App& app) {
       "own heads only, and the meta-router (d -> hidden -> domains, softmax) is fitted so that the mix\n"
       "of students reproduces the full teacher (MSE, plus a KL term towards the teacher's mass per\n"
       "domain). At inference only the --top-domains heaviest students run, their weights renormalised.\n"
+      "--fine-tune-epochs N then trains router and students together on exactly that sparse mix\n"
+      "against the full teacher, keeping the epoch with the best validation cosine.\n"
       "Use it with `query/validate --method ensemble`; `export --ensemble` writes it as safetensors.");
 }
 
@@ -75,6 +83,8 @@ int EnsembleCommand::run() {
       if (p.stage == "student") {
         std::fprintf(stderr, "student %zu/%zu: epoch %zu/%zu  loss %.5f\n", p.domain + 1, p.domains, p.epoch, p.epochs,
                      p.loss);
+      } else if (p.stage == "fine-tune") {
+        std::fprintf(stderr, "fine-tune: epoch %zu/%zu  loss %.5f\n", p.epoch, p.epochs, p.loss);
       } else {
         std::fprintf(stderr, "meta-router: epoch %zu/%zu  loss %.5f\n", p.epoch, p.epochs, p.loss);
       }
@@ -90,6 +100,9 @@ int EnsembleCommand::run() {
                        {"router_epochs_run", r.router_epochs_run},
                        {"router_best_epoch", r.router_best_epoch},
                        {"router_initial_cosine", r.router_initial_cosine},
+                       {"router_cosine", r.router_cosine},
+                       {"fine_tune_epochs_run", r.fine_tune_epochs_run},
+                       {"fine_tune_best_epoch", r.fine_tune_best_epoch},
                        {"validation_cosine", r.validation_cosine},
                        {"seconds", r.seconds},
                        {"domains", nlohmann::json::array()}};
@@ -112,7 +125,11 @@ int EnsembleCommand::run() {
   }
   std::printf("  meta-router: best epoch %zu of %zu; validation cosine of the top-%zu mix to the full teacher %.4f "
               "(%.4f before training)\n",
-              r.router_best_epoch, r.router_epochs_run, c.top_domains, r.validation_cosine, r.router_initial_cosine);
+              r.router_best_epoch, r.router_epochs_run, c.top_domains, r.router_cosine, r.router_initial_cosine);
+  if (r.fine_tune_epochs_run > 0) {
+    std::printf("  fine-tuning: best epoch %zu of %zu; validation cosine %.4f\n", r.fine_tune_best_epoch,
+                r.fine_tune_epochs_run, r.validation_cosine);
+  }
   std::printf("  %.1fs in all; saved. next: ldaproj validate --db %s --test FILE --methods multi-head,ensemble\n",
               r.seconds, db.c_str());
   return 0;

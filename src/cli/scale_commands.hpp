@@ -35,6 +35,8 @@ struct BenchCommand {
   std::size_t student_samples = 8192;
   std::size_t domains = 8;
   std::size_t top_domains = 2;
+  std::size_t student_keys_per_head = 8;
+  std::size_t fine_tune_epochs = 0;
   int threads = 0;
   std::string csv = "crossover.csv";
   std::string plot = "crossover.svg";

@@ -1,6 +1,7 @@
 // The meta-router as a torch module (nn.Sequential(Linear, GELU, Linear)
 // names), its loss on frozen student outputs and its training loop (AdamW,
-// cosine LR, early stopping on the validation cosine of the sparse top-k mix).
+// cosine LR, early stopping on the validation cosine of the sparse top-k mix);
+// then the optional end-to-end fine-tuning of router and students together.
 // GCC 12 with -fsanitize=address reports -Wmaybe-uninitialized inside libtorch's
 // c10::optional<at::Generator> once uniform_() is inlined (the ASan build of
 // `make test` failed on it); the diagnostic is about the header, not this file.
@@ -12,6 +13,7 @@
 
 #include "ensemble/router_train.hpp"
 #include "ldaproj/error.hpp"
+#include "student/transformer_module.hpp"
 
 namespace ldaproj::ensemble_detail {
 
@@ -86,6 +88,43 @@ double sparse_mix_cosine(const Router& router, const torch::Tensor& x, const tor
   return torch::cosine_similarity(mix, targets, 1).mean().item<double>();
 }
 
+using student_detail::ProjectionTransformer;
+using Students = std::vector<std::shared_ptr<ProjectionTransformer>>;
+
+// The top-k renormalised mix of the students, as inference computes it, with
+// gradients to the router (through the kept weights) and to the students that
+// ran; each student sees only the rows that chose its domain.
+torch::Tensor sparse_student_mix(const Router& router, const Students& students, const torch::Tensor& x,
+                                 std::size_t top_domains, torch::Tensor* log_weights = nullptr) {
+  const torch::Tensor logits = router.logits(x);
+  if (log_weights) *log_weights = torch::log_softmax(logits, 1);
+  const auto k = static_cast<std::int64_t>(std::min<std::size_t>(top_domains, static_cast<std::size_t>(logits.size(1))));
+  const auto [top, index] = logits.topk(k, 1);
+  const torch::Tensor w = torch::softmax(top, 1);
+  torch::Tensor mix = torch::zeros({x.size(0), x.size(1)}, x.options());
+  for (std::size_t d = 0; d < students.size(); ++d) {
+    const torch::Tensor chosen = index.eq(static_cast<std::int64_t>(d)).to(w.scalar_type());
+    const torch::Tensor rows = chosen.sum(1).gt(0).nonzero().squeeze(1);
+    if (rows.numel() == 0) continue;
+    const torch::Tensor weight = (w * chosen).sum(1).index_select(0, rows);
+    const torch::Tensor out = students[d]->forward(x.index_select(0, rows)).first;
+    mix = mix.index_add(0, rows, out * weight.unsqueeze(1));
+  }
+  return mix;
+}
+
+double sparse_student_cosine(const Router& router, const Students& students, const torch::Tensor& x,
+                             const torch::Tensor& targets, std::size_t top_domains) {
+  torch::NoGradGuard no_grad;
+  constexpr std::int64_t kSlice = 1024;
+  double sum = 0.0;
+  for (std::int64_t begin = 0; begin < x.size(0); begin += kSlice) {
+    const torch::Tensor mix = sparse_student_mix(router, students, x.slice(0, begin, begin + kSlice), top_domains);
+    sum += torch::cosine_similarity(mix, targets.slice(0, begin, begin + kSlice), 1).sum().item<double>();
+  }
+  return sum / static_cast<double>(std::max<std::int64_t>(1, x.size(0)));
+}
+
 }  // namespace
 
 std::vector<StudentTensor> initial_router(const EnsembleConfig& c, std::uint64_t seed) {
@@ -151,6 +190,73 @@ RouterResult train_router(const EnsembleWeights& weights, const RouterData& trai
       result.best_cosine = cosine;
       result.best_epoch = epoch;
       result.router = router.tensors(config);
+      since_best = 0;
+    } else if (++since_best >= options.router_patience) {
+      break;
+    }
+  }
+  return result;
+}
+
+FineTuneResult fine_tune_ensemble(const EnsembleWeights& weights, const RouterData& train,
+                                  const RouterData& validation, const EnsembleOptions& options,
+                                  const std::function<void(const EnsembleProgress&)>& progress) {
+  const EnsembleConfig& config = weights.config;
+  Router router(weights.router);
+  Students students;
+  std::vector<torch::Tensor> parameters{router.w1, router.b1, router.w2, router.b2};
+  for (const StudentWeights& s : weights.students) {
+    students.push_back(std::make_shared<ProjectionTransformer>(s, torch::kFloat32));
+    for (const torch::Tensor& p : students.back()->parameters()) parameters.push_back(p);
+  }
+  const torch::Tensor x = to_tensor(train.inputs), targets = to_tensor(train.targets),
+                      pooled = to_tensor(train.pooled_routing);
+  const torch::Tensor vx = to_tensor(validation.inputs), vtargets = to_tensor(validation.targets);
+
+  FineTuneResult result;
+  result.router = weights.router;
+  result.students = weights.students;
+  result.initial_cosine = sparse_student_cosine(router, students, vx, vtargets, config.top_domains);
+  result.best_cosine = result.initial_cosine;
+
+  // No weight decay: the students' keys and values are the teacher's memory,
+  // and the runs are short.
+  torch::optim::AdamW optimizer(parameters, torch::optim::AdamWOptions(options.fine_tune_lr).weight_decay(0.0));
+  const std::int64_t n = x.size(0);
+  const auto batch = static_cast<std::int64_t>(std::max<std::size_t>(1, options.router_batch_size));
+  const std::int64_t steps_per_epoch = (n + batch - 1) / batch;
+  const double total_steps = static_cast<double>(steps_per_epoch) * static_cast<double>(options.fine_tune_epochs);
+  torch::manual_seed(options.seed + 5);
+  std::size_t since_best = 0;
+  std::int64_t step = 0;
+  for (std::size_t epoch = 1; epoch <= options.fine_tune_epochs; ++epoch) {
+    const torch::Tensor order = torch::randperm(n, torch::kInt64);
+    double loss_sum = 0.0;
+    for (std::int64_t begin = 0; begin < n; begin += batch, ++step) {
+      const double lr = options.fine_tune_lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / total_steps));
+      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+      const torch::Tensor idx = order.slice(0, begin, std::min(n, begin + batch));
+      optimizer.zero_grad();
+      torch::Tensor log_w;
+      const torch::Tensor mix = sparse_student_mix(router, students, x.index_select(0, idx), config.top_domains, &log_w);
+      torch::Tensor loss = (mix - targets.index_select(0, idx)).pow(2).sum(1).mean();
+      if (options.router_kl_weight > 0.0) {
+        const torch::Tensor p = pooled.index_select(0, idx);
+        loss = loss + options.router_kl_weight * (p * (torch::log(p.clamp_min(1e-12)) - log_w)).sum(1).mean();
+      }
+      loss.backward();
+      optimizer.step();
+      loss_sum += loss.item<double>() * static_cast<double>(idx.size(0));
+    }
+    result.epochs_run = epoch;
+    const double cosine = sparse_student_cosine(router, students, vx, vtargets, config.top_domains);
+    if (progress) progress({"fine-tune", 0, 0, epoch, options.fine_tune_epochs, loss_sum / static_cast<double>(n)});
+    if (cosine > result.best_cosine) {
+      result.best_cosine = cosine;
+      result.best_epoch = epoch;
+      result.router = router.tensors(config);
+      result.students.clear();
+      for (const auto& s : students) result.students.push_back(s->weights());
       since_best = 0;
     } else if (++since_best >= options.router_patience) {
       break;

@@ -69,6 +69,7 @@ void check_options(const EnsembleOptions& o, const DomainAssignment& assignment,
   if (o.router_epochs == 0) throw InputError("--router-epochs must be at least 1");
   if (!(o.router_lr > 0.0)) throw InputError("--router-lr must be positive");
   if (!(o.router_kl_weight >= 0.0)) throw InputError("--router-kl-weight must be zero or positive");
+  if (o.fine_tune_epochs > 0 && !(o.fine_tune_lr > 0.0)) throw InputError("--fine-tune-lr must be positive");
 }
 
 }  // namespace
@@ -173,7 +174,17 @@ EnsembleReport train_ensemble(const MultiHeadProjection& teacher, const Matrix& 
   report.router_epochs_run = r.epochs_run;
   report.router_best_epoch = r.best_epoch;
   report.router_initial_cosine = r.initial_cosine;
+  report.router_cosine = r.best_cosine;
   report.validation_cosine = r.best_cosine;
+  if (options.fine_tune_epochs > 0) {
+    const ensemble_detail::FineTuneResult f = ensemble_detail::fine_tune_ensemble(w, train, validation, options, progress);
+    w.router = f.router;
+    w.students = f.students;
+    report.fine_tune_epochs_run = f.epochs_run;
+    report.fine_tune_best_epoch = f.best_epoch;
+    report.fine_tune_initial_cosine = f.initial_cosine;
+    report.validation_cosine = f.best_cosine;
+  }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   w.validate("the trained ensemble");
   return report;
@@ -219,6 +230,9 @@ StoreEnsembleReport train_projection_ensemble(Store& store, const std::string& p
                                {"router_epochs_run", r.router_epochs_run},
                                {"router_best_epoch", r.router_best_epoch},
                                {"router_initial_cosine", r.router_initial_cosine},
+                               {"router_cosine", r.router_cosine},
+                               {"fine_tune_epochs_run", r.fine_tune_epochs_run},
+                               {"fine_tune_best_epoch", r.fine_tune_best_epoch},
                                {"validation_cosine", r.validation_cosine},
                                {"seconds", r.seconds}};
   store.save_ensemble(to_stored_ensemble(r.weights, projection.name, metrics.dump()));

@@ -199,6 +199,7 @@ std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& o) {
          options.student = o.student;
          options.student.config.dim = dense.dim();
          options.top_domains = o.top_domains;
+         options.fine_tune_epochs = o.ensemble_fine_tune_epochs;
          options.threads = o.threads;
          options.seed = o.seed;
          return std::make_unique<EnsembleMethod>(
