@@ -63,7 +63,8 @@ fuzz-replay: build-fuzz
 	bash scripts/fuzz.sh $(BUILD_FUZZ) replay $(JOBS)
 
 # clang-tidy (.clang-tidy) on src/ with the release build's compile commands;
-# files with libtorch headers are left out (clang 14 cannot parse them).
+# files with libtorch headers are left out (no clang in Debian 12 parses them
+# in C++20; docs/RELIABILITY.md).
 tidy: build
 	run-clang-tidy -p $(BUILD) -j $(JOBS) -quiet $$(grep -L '<torch/' $(CURDIR)/src/*/*.cpp)
 

@@ -2,7 +2,7 @@
 // dtypes, shapes, offsets, __metadata__, f16/bf16/f32 conversion) and, on the
 // same bytes, the student reader `ldaproj import x.safetensors` uses, which
 // checks the tensors against the config in the metadata. (The ensemble reader
-// adds its own config on the same SafeTensorsFile; it is covered by the unit tests.)
+// has its own target, ensemble_fuzz.cpp.)
 #include <cstdint>
 #include <cstdlib>
 

@@ -1,5 +1,5 @@
 // Crash safety: the real `ldaproj` is SIGKILLed at seeded random points during
-// import, embed, train and distill (between two SQLite calls, by the preloaded
+// import, embed, train, distill and ensemble (between two SQLite calls, by the preloaded
 // tests/fault/sqlite_kill_preload.cpp). After every kill the database must
 // pass `PRAGMA integrity_check`, hold either the state before the command or
 // the one after it (never a part of one logical write), and the model must
@@ -36,6 +36,7 @@ struct Seen {
   std::string active_projection;
   float temperature = 0;
   bool has_student = false;
+  std::size_t ensemble_parameters = 0;  // 0 without an ensemble
 };
 
 class CrashSafety : public testing_support::TempDirTest {
@@ -119,9 +120,11 @@ class CrashSafety : public testing_support::TempDirTest {
     seen.active_projection = searcher.projection_name();
     seen.temperature = searcher.temperature();
     seen.has_student = searcher.has_student();
+    seen.ensemble_parameters = searcher.ensemble_parameters();
     const Matrix query = testing_support::random_unit_rows(2, testing_support::kBundledModelDim, 11);
     std::vector<Method> methods{Method::MultiHead};
     if (seen.has_student) methods.push_back(Method::Student);
+    if (searcher.has_ensemble()) methods.push_back(Method::Ensemble);
     for (const Method method : methods) {
       SearchOptions options;
       options.method = method;
@@ -219,6 +222,26 @@ TEST_F(CrashSafety, DistillStoresTheStudentWhole) {
                      "--threads", "1", "-q"},
                     4, before_or_after([](const Seen& a, const Seen& b) { return a.has_student == b.has_student; }));
   EXPECT_TRUE(check_serves(db_).has_student);
+}
+
+// An ensemble replaces the projection's earlier one in one transaction: the
+// old ensemble (two domains) serves until the new one (three) is stored whole.
+TEST_F(CrashSafety, EnsembleReplacesTheEarlierOneWhole) {
+  const auto ensemble = [](const char* domains) {
+    return std::vector<std::string>{"ensemble", "--domains", domains, "--top-domains", "1",
+                                    "--heads", "2", "--keys-per-head", "2", "--samples", "100", "--epochs", "1",
+                                    "--router-hidden", "8", "--router-epochs", "1", "--router-samples", "100",
+                                    "--threads", "1", "--quiet"};
+  };
+  const CliResult first = run_cli(with_db(ensemble("2"), db_));
+  ASSERT_EQ(first.code, 0) << first.out;
+  const std::size_t two_domains = check_serves(db_).ensemble_parameters;
+  ASSERT_GT(two_domains, 0u);
+  crash_and_recover(ensemble("3"), 5, before_or_after([](const Seen& a, const Seen& b) {
+                      return a.ensemble_parameters == b.ensemble_parameters && a.has_student == b.has_student &&
+                             a.active_projection == b.active_projection;
+                    }));
+  EXPECT_NE(check_serves(db_).ensemble_parameters, two_domains);
 }
 
 }  // namespace

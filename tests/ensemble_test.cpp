@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "ldaproj/ensemble.hpp"
 #include "ldaproj/error.hpp"
+#include "ldaproj/safetensors.hpp"
 #include "temp_dir_test_base.hpp"
 
 namespace ldaproj {
@@ -330,6 +333,50 @@ TEST_F(EnsembleFiles, SafetensorsAndStoreRoundTrips) {
   EXPECT_THROW(from_stored_ensemble(StoredEnsemble{0, "p", stored.config_json, {}, "{}", ""}, "x"), InputError);
   const EnsembleWeights restored = from_stored_ensemble(stored, "x");
   EXPECT_EQ(EnsembleModel(restored).forward(q).data, EnsembleModel(w).forward(q).data);
+}
+
+// Found by fuzz_ensemble (regressions in fuzz/regressions/ensemble/): a config
+// claiming sizes far beyond the tensors the file holds made the reader
+// allocate what it claimed before comparing shapes (the 16384-wide student
+// below claims 64 GiB of keys); a head assigned to domain inf or 1e30 was
+// cast to size_t (undefined) before its range check. Both are now refused as
+// bad input, before anything of the claimed size is allocated.
+TEST_F(EnsembleFiles, LyingConfigsAndHeadsAreRefusedBeforeAnythingIsAllocated) {
+  const EnsembleWeights w = random_ensemble(24, 3, 2, 7, 8);
+  const StoredEnsemble stored = to_stored_ensemble(w, "p");
+  const auto with_config = [&](const nlohmann::json& patch) {
+    StoredEnsemble lying = stored;
+    nlohmann::json config = nlohmann::json::parse(lying.config_json);
+    config.merge_patch(patch);
+    lying.config_json = config.dump();
+    return lying;
+  };
+  const nlohmann::json huge_student = {{"dim", 16384}, {"num_heads", 1}, {"keys_per_head", 1000000}, {"ff_dim", 1000000}};
+  for (const nlohmann::json& patch : {nlohmann::json{{"router_hidden", 1}, {"domains", 65536}},
+                                      nlohmann::json{{"dim", 16384}, {"router_hidden", 1}, {"student", huge_student}}}) {
+    SCOPED_TRACE(patch.dump());
+    EXPECT_THROW(from_stored_ensemble(with_config(patch), "lying"), InputError);
+  }
+  for (const float head : {std::numeric_limits<float>::infinity(), 1e30f, 3.0f, 0.5f, -1.0f}) {
+    StoredEnsemble lying = stored;
+    lying.tensors.back().values[0] = head;
+    EXPECT_THROW(from_stored_ensemble(lying, "lying head"), InputError) << head;
+  }
+  // Domain indices are written one way only.
+  for (const char* name : {"students.01.keys", "students.+1.keys", "students. 1.keys", "students.1", "students..keys"}) {
+    StoredEnsemble renamed = stored;
+    for (StudentTensor& t : renamed.tensors)
+      if (t.name == "students.1.keys") t.name = name;
+    EXPECT_THROW(from_stored_ensemble(renamed, "renamed"), InputError) << name;
+  }
+
+  // The same for the student reader: a 65536-wide config over a 24-wide file.
+  nlohmann::json student_config = nlohmann::json::parse(w.students[0].config.to_json());
+  student_config.merge_patch(huge_student);
+  std::vector<TensorToWrite> tensors;
+  for (const StudentTensor& t : w.students[0].tensors) tensors.push_back({t.name, t.shape, t.values});
+  write_safetensors(file("lying_student.safetensors"), tensors, {{"config", student_config.dump()}});
+  EXPECT_THROW(read_student_safetensors(file("lying_student.safetensors")), InputError);
 }
 
 }  // namespace

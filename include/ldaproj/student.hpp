@@ -52,9 +52,20 @@ struct StudentTensor {
   std::vector<float> values;
 };
 
-// Every parameter the module has, in a fixed order, with zero values. Block 0
-// uses the top-level names (keys, values, attention.*, norm1.*, ffn.*, norm2.*);
-// block b >= 1 the same names under "blocks.<b>.".
+// A parameter's name and shape, without its values.
+struct TensorShape {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::size_t count() const;  // product of the shape
+};
+
+// Every parameter the module has, in a fixed order. Block 0 uses the
+// top-level names (keys, values, attention.*, norm1.*, ffn.*, norm2.*); block
+// b >= 1 the same names under "blocks.<b>.". Readers check a file against
+// these shapes before loading anything: a config may claim far more than the
+// file holds.
+std::vector<TensorShape> student_shapes(const StudentConfig& config);
+// The same layout with zero values.
 std::vector<StudentTensor> student_layout(const StudentConfig& config);
 
 struct StudentWeights {

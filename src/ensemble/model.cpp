@@ -21,16 +21,12 @@ const std::string kStudentPrefix = "students.";
 
 std::int64_t as_dim(std::size_t v) { return static_cast<std::int64_t>(v); }
 
-std::vector<StudentTensor> router_layout(const EnsembleConfig& c) {
-  auto zeros = [](std::string name, std::vector<std::int64_t> shape) {
-    std::size_t count = 1;
-    for (auto d : shape) count *= static_cast<std::size_t>(d);
-    return StudentTensor{std::move(name), std::move(shape), std::vector<float>(count, 0.0f)};
-  };
-  return {zeros("router.0.weight", {as_dim(c.router_hidden), as_dim(c.dim)}),
-          zeros("router.0.bias", {as_dim(c.router_hidden)}),
-          zeros("router.2.weight", {as_dim(c.domains), as_dim(c.router_hidden)}),
-          zeros("router.2.bias", {as_dim(c.domains)})};
+// Names and shapes only: a lying config must not make the reader allocate what it claims.
+std::vector<TensorShape> router_shapes(const EnsembleConfig& c) {
+  return {{"router.0.weight", {as_dim(c.router_hidden), as_dim(c.dim)}},
+          {"router.0.bias", {as_dim(c.router_hidden)}},
+          {"router.2.weight", {as_dim(c.domains), as_dim(c.router_hidden)}},
+          {"router.2.bias", {as_dim(c.domains)}}};
 }
 
 float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
@@ -102,11 +98,11 @@ void EnsembleWeights::validate(const std::string& where) const {
   } catch (const InputError& e) {
     throw InputError(where + ": " + e.what());
   }
-  const auto layout = router_layout(config);
+  const auto layout = router_shapes(config);
   if (router.size() != layout.size()) throw InputError(where + ": the meta-router needs " + std::to_string(layout.size()) + " tensors");
   for (std::size_t i = 0; i < layout.size(); ++i) {
     if (router[i].name != layout[i].name || router[i].shape != layout[i].shape ||
-        router[i].values.size() != layout[i].values.size()) {
+        router[i].values.size() != layout[i].count()) {
       throw InputError(where + ": meta-router tensor '" + layout[i].name + "' is missing or has the wrong shape");
     }
     for (float v : router[i].values) {
@@ -284,19 +280,29 @@ EnsembleWeights unflatten(const std::string& config_json, std::vector<StudentTen
     if (t.name.rfind("router.", 0) == 0) {
       w.router.push_back(std::move(t));
     } else if (t.name.rfind(kStudentPrefix, 0) == 0) {
+      // "students.<d>." with d written as flatten() writes it: no sign, spaces or leading zeros.
       const std::size_t dot = t.name.find('.', kStudentPrefix.size());
+      const std::string index =
+          dot == std::string::npos ? std::string() : t.name.substr(kStudentPrefix.size(), dot - kStudentPrefix.size());
       std::size_t d = w.config.domains;
-      try {
-        if (dot != std::string::npos) d = std::stoul(t.name.substr(kStudentPrefix.size(), dot - kStudentPrefix.size()));
-      } catch (const std::exception&) {
+      if (!index.empty() && index.size() <= 5 &&
+          std::all_of(index.begin(), index.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        d = std::stoul(index);
       }
-      if (d >= w.config.domains) throw InputError(where + ": tensor '" + t.name + "' names no domain of the ensemble");
+      if (d >= w.config.domains || std::to_string(d) != index) {
+        throw InputError(where + ": tensor '" + t.name + "' names no domain of the ensemble (students.0 to students." +
+                         std::to_string(w.config.domains - 1) + ")");
+      }
       t.name = t.name.substr(dot + 1);
       w.students[d].tensors.push_back(std::move(t));
     } else if (t.name == "domain_of_head") {
       have_heads = true;
+      // Range-checked as a float first: casting one past size_t is undefined.
       for (float v : t.values) {
-        if (!(v >= 0.0f) || v != std::floor(v)) throw InputError(where + ": domain_of_head holds a value that is not a domain");
+        if (!(v >= 0.0f) || v != std::floor(v) || v >= static_cast<float>(w.config.domains)) {
+          throw InputError(where + ": domain_of_head holds " + std::to_string(v) + ", which is not a domain in 0.." +
+                           std::to_string(w.config.domains - 1));
+        }
         w.domain_of_head.push_back(static_cast<std::size_t>(v));
       }
     } else {
@@ -305,7 +311,7 @@ EnsembleWeights unflatten(const std::string& config_json, std::vector<StudentTen
   }
   if (!have_heads) throw InputError(where + ": tensor 'domain_of_head' is missing");
   // Router tensors in their canonical order, whatever order they came in.
-  const auto layout = router_layout(w.config);
+  const auto layout = router_shapes(w.config);
   std::vector<StudentTensor> ordered;
   for (const auto& want : layout) {
     auto it = std::find_if(w.router.begin(), w.router.end(), [&](const StudentTensor& t) { return t.name == want.name; });
@@ -316,7 +322,7 @@ EnsembleWeights unflatten(const std::string& config_json, std::vector<StudentTen
   // Each student's tensors in its layout order.
   for (auto& s : w.students) {
     std::vector<StudentTensor> in_order;
-    for (const auto& want : student_layout(s.config)) {
+    for (const auto& want : student_shapes(s.config)) {
       auto it = std::find_if(s.tensors.begin(), s.tensors.end(), [&](const StudentTensor& t) { return t.name == want.name; });
       if (it != s.tensors.end()) in_order.push_back(std::move(*it));
     }

@@ -118,14 +118,18 @@ StudentConfig StudentConfig::from_json(std::string_view text, const std::string&
   return c;
 }
 
-std::vector<StudentTensor> student_layout(const StudentConfig& c) {
+std::size_t TensorShape::count() const {
+  std::size_t n = 1;
+  for (auto s : shape) n *= static_cast<std::size_t>(s);
+  return n;
+}
+
+std::vector<TensorShape> student_shapes(const StudentConfig& c) {
   c.validate();
   const std::int64_t d = as_dim(c.dim), m = as_dim(c.num_keys()), ff = as_dim(c.hidden_dim());
-  std::vector<StudentTensor> layout;
+  std::vector<TensorShape> layout;
   auto add = [&layout](std::string name, std::vector<std::int64_t> shape) {
-    std::size_t n = 1;
-    for (auto s : shape) n *= static_cast<std::size_t>(s);
-    layout.push_back({std::move(name), std::move(shape), std::vector<float>(n, 0.0f)});
+    layout.push_back({std::move(name), std::move(shape)});
   };
   auto add_mlp = [&](const std::string& prefix) {
     add(prefix + ".0.weight", {ff, d});
@@ -155,6 +159,15 @@ std::vector<StudentTensor> student_layout(const StudentConfig& c) {
   return layout;
 }
 
+std::vector<StudentTensor> student_layout(const StudentConfig& c) {
+  std::vector<StudentTensor> layout;
+  for (TensorShape& t : student_shapes(c)) {
+    const std::size_t count = t.count();
+    layout.push_back({std::move(t.name), std::move(t.shape), std::vector<float>(count, 0.0f)});
+  }
+  return layout;
+}
+
 StudentWeights StudentWeights::zeros(const StudentConfig& config) {
   return StudentWeights{config, student_layout(config)};
 }
@@ -165,7 +178,7 @@ void StudentWeights::validate(const std::string& where) const {
   } catch (const InputError& e) {
     throw InputError(where + ": " + e.what());
   }
-  const std::vector<StudentTensor> layout = student_layout(config);
+  const std::vector<TensorShape> layout = student_shapes(config);
   std::set<std::string> expected;
   for (const auto& t : layout) expected.insert(t.name);
   for (const auto& t : tensors) {
@@ -181,7 +194,7 @@ void StudentWeights::validate(const std::string& where) const {
     if (have->shape != want.shape)
       throw InputError(where + ": tensor '" + want.name + "' has shape " + shape_text(have->shape) +
                        ", the config needs " + shape_text(want.shape));
-    if (have->values.size() != want.values.size())
+    if (have->values.size() != want.count())
       throw InputError(where + ": tensor '" + want.name + "' holds " + std::to_string(have->values.size()) +
                        " values for shape " + shape_text(want.shape));
     for (std::size_t i = 0; i < have->values.size(); ++i) {
@@ -233,12 +246,12 @@ StudentWeights read_student_safetensors(const std::filesystem::path& path,
                      "\"");
   StudentWeights weights;
   weights.config = StudentConfig::from_json(config_it->second, where);
-  weights.tensors = student_layout(weights.config);
   std::set<std::string> known;
-  for (auto& t : weights.tensors) {
+  for (TensorShape& t : student_shapes(weights.config)) {
     known.insert(t.name);
     if (!file.contains(t.name)) throw InputError(where + ": tensor '" + t.name + "' is missing");
-    t.values = file.load_f32(t.name, t.shape);
+    std::vector<float> values = file.load_f32(t.name, t.shape);
+    weights.tensors.push_back({std::move(t.name), std::move(t.shape), std::move(values)});
   }
   for (const auto& info : file.tensors()) {
     if (!known.count(info.name))

@@ -153,7 +153,8 @@ double lr_at(const DistillOptions& o, std::size_t step, std::size_t total_steps,
     case LrSchedule::Step: {
       // x0.3 after each third of the epochs.
       const std::size_t third = std::max<std::size_t>(1, o.epochs / 3);
-      return o.lr * std::pow(0.3, static_cast<double>(epoch / third));
+      const std::size_t thirds_done = epoch / third;  // whole thirds: the rate drops in steps
+      return o.lr * std::pow(0.3, static_cast<double>(thirds_done));
     }
     case LrSchedule::Constant:
       return o.lr;
