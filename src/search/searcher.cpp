@@ -71,6 +71,7 @@ struct Searcher::Impl {
   // global-w is fitted on first use: it needs every question embedding.
   const Store* store = nullptr;
   std::int64_t model_id = 0;
+  CentroidMethod centroid_method = CentroidMethod::Mean;  // how the projection made its centroids
   mutable std::once_flag global_once;
   mutable GlobalProjection global;
   mutable std::string global_error;
@@ -179,10 +180,28 @@ struct Searcher::Impl {
         auto h = head_of.find(question.cluster_id);
         if (r != row.end() && h != head_of.end()) pairs.emplace_back(r->second, h->second);
       }
-      const Matrix centroids = teacher.centroids();
-      Matrix residuals(pairs.size(), teacher.dim());
+      // The fit needs the question means, not the routing keys: learned keys
+      // (train --learn-keys) are moved away from the means, so the centroids
+      // are computed again from the questions the way training did.
+      const std::size_t dim = teacher.dim();
+      std::vector<Matrix> per_head(head_clusters.size(), Matrix(0, dim));
+      for (const auto& [r, h] : pairs) {
+        Matrix& m = per_head[h];
+        m.data.insert(m.data.end(), q.vectors.row(r), q.vectors.row(r) + dim);
+        ++m.rows;
+      }
+      const Matrix keys = teacher.centroids();
+      Matrix centroids(head_clusters.size(), dim);
+      for (std::size_t h = 0; h < head_clusters.size(); ++h) {
+        // A head without stored questions (they were deleted after training) keeps its key.
+        const std::vector<float> c =
+            per_head[h].rows > 0 ? compute_centroid(per_head[h], centroid_method)
+                                 : std::vector<float>(keys.row(h), keys.row(h) + dim);
+        std::copy(c.begin(), c.end(), centroids.row(h));
+      }
+      Matrix residuals(pairs.size(), dim);
       for (std::size_t i = 0; i < pairs.size(); ++i) {
-        Matrix one(1, teacher.dim());
+        Matrix one(1, dim);
         std::copy(q.vectors.row(pairs[i].first), q.vectors.row(pairs[i].first) + one.cols, one.row(0));
         normalize_rows(one, "question embedding");
         const float* c = centroids.row(pairs[i].second);
@@ -221,6 +240,8 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
   const auto model = store.find_model(projection->model);
   if (!model) throw Error("projection refers to unknown model " + projection->model);
   impl->model_id = model->id;
+  impl->centroid_method =
+      projection->centroid_method.empty() ? CentroidMethod::Mean : parse_centroid_method(projection->centroid_method);
 
   const std::size_t dim = model->dim;
   Matrix centroids(projection->heads.size(), dim), answers(projection->heads.size(), dim);
