@@ -13,6 +13,7 @@
 #include "ldaproj/synthetic.hpp"
 #include "ldaproj/teacher.hpp"
 #include "ldaproj/train.hpp"
+#include "demo_store.hpp"
 #include "temp_dir_test_base.hpp"
 
 namespace ldaproj {
@@ -239,6 +240,23 @@ TEST_F(RoutingOptionsStore, ZeroAdapterRoutesAsWithoutOne) {
   options.name = "adapted";
   train_teacher(store, "synthetic", options);
   EXPECT_EQ(projection_routing(*store.load_projection("adapted"), 16).adapter.rows, 16u);
+}
+
+TEST_F(RoutingOptionsStore, ADatabaseFromSchema3LoadsAndRoutesAsBefore) {
+  {
+    Store store = Store::open(db_);
+    train_teacher(store, "synthetic", TeacherTrainOptions{});
+  }
+  const Matrix before = [&] {
+    Store store = Store::open(db_);
+    return Searcher::load(store).project(questions(store), SearchOptions{});
+  }();
+  // What a database written before projection tensors existed looks like.
+  testing_support::raw_sql(db_, "DROP TABLE projection_tensors; PRAGMA user_version = 3;");
+  Store store = Store::open(db_);
+  EXPECT_EQ(store.stats().schema_version, kSchemaVersion);
+  EXPECT_TRUE(store.load_projection()->tensors.empty());
+  EXPECT_EQ(Searcher::load(store).project(questions(store), SearchOptions{}).data, before.data);
 }
 
 TEST_F(RoutingOptionsStore, BlendsMatchTheirDefinitions) {
