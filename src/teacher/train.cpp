@@ -1,6 +1,8 @@
 // Teacher training: groups stored embeddings by cluster, builds one head per
 // cluster (centroid + answer embedding), optionally learns discriminative
-// keys from the questions, and saves them as a projection.
+// keys (or several sub-keys per head, and a query adapter) from the
+// questions, and saves them as a projection; and how a stored projection's
+// keys, answers and adapter are laid out for routing (projection_routing).
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
