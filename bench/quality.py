@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -42,7 +43,15 @@ QUESTION_NEIGHBORS = [0, 20]
 # Learned keys (`train --learn-keys`): the teacher's temperature and epochs, chosen together.
 KEY_TEMPERATURES = [0.02, 0.05, 0.1]
 KEY_EPOCHS = [25, 50, 200]
-PLAIN = "plain"  # the plain multi-head teacher (centroid keys); the main projection is the default name
+# Ideas on top of the learned keys, at the keys' chosen temperature (each kept only as an option):
+# sub-keys per head (train --keys-per-head K), a query adapter learned with the keys
+# (train --query-adapter), blends at query time (--blend-questions B, --blend-direct G).
+SUB_KEYS = [2, 4]
+IDEA_EPOCHS = [50, 200]
+BLEND_QUESTIONS = [0.05, 0.1, 0.2, 0.3]
+BLEND_DIRECT = [0.05, 0.1, 0.2]
+PLAIN = "plain"  # the plain multi-head teacher (centroid keys)
+MAIN = "learned"  # the learned-keys teacher that is distilled and ensembled
 
 
 def log(message):
@@ -140,14 +149,62 @@ class Run:
         routes = [dict(r, keys=keys["keys"]) for r in out["sweep"]]
         settings["route_k"] = best(routes)["route_k"]
         sweeps += learned + routes
+        ideas = self.tune_ideas(settings, name)
+        settings["ideas"] = {k: v["setting"] for k, v in ideas.items()}
+        sweeps += [dict(v["row"], idea=k) for k, v in ideas.items()]
+        sweeps += [dict(r) for v in ideas.values() for r in v["tried"]]
         self.stamp("tuned", {"settings": settings, "sweeps": sweeps})
         self.report["val_sweeps"] = sweeps
         return settings
+
+    def tune_ideas(self, settings, keys_name):
+        """The ideas beyond learned keys, each with its own settings chosen on val (best R@1, then MRR@10)."""
+        t = settings["temperature"]
+        ideas = {}
+
+        def trained(name, *args):
+            self.ldaproj("train", "--db", self.db, "--name", name, "--temperature", t, *args)
+            return self.validate("val", "--projection", name, "--methods", "multi-head")["methods"]["multi_head"]
+
+        tried = []
+        for k in SUB_KEYS:
+            for epochs in IDEA_EPOCHS:
+                m = trained(f"tune_sub{k}_e{epochs}", "--learn-keys", epochs, "--keys-per-head", k)
+                tried.append(dict(m, method="multi-head", temperature=t, keys=f"{k} sub-keys, {epochs} epochs",
+                                  setting={"keys_per_head": k, "key_epochs": epochs}))
+        ideas["sub_keys"] = tried
+        tried = []
+        for epochs in IDEA_EPOCHS:
+            m = trained(f"tune_adapter_e{epochs}", "--learn-keys", epochs, "--query-adapter")
+            tried.append(dict(m, method="multi-head", temperature=t, keys=f"learned + query adapter, {epochs} epochs",
+                              setting={"key_epochs": epochs}))
+        ideas["adapter"] = tried
+        for idea, flag, values in (("blend_questions", "--blend-questions", BLEND_QUESTIONS),
+                                   ("blend_direct", "--blend-direct", BLEND_DIRECT)):
+            tried = []
+            for b in values:
+                m = self.validate("val", "--projection", keys_name, "--methods", "multi-head", "--temperature", t,
+                                  *self.question_args(settings), flag, b)["methods"]["multi_head"]
+                tried.append(dict(m, method="multi-head", temperature=t,
+                                  keys=f"learned, {settings['key_epochs']} epochs, {flag[2:]} {b:g}",
+                                  setting={"blend": b}))
+            ideas[idea] = tried
+        out = {}
+        for idea, rows in ideas.items():
+            top = best(rows)
+            out[idea] = {"setting": top["setting"], "row": top, "tried": [r for r in rows if r is not top]}
+        return out
+
+    @staticmethod
+    def question_args(settings):
+        return ["--question-temperature", settings["question_temperature"],
+                "--question-neighbors", settings["question_neighbors"]]
 
     def train(self, settings):
         """The plain teacher, the main one (learned keys) with its student and ensemble; skipped when done."""
         wanted = {k: settings[k] for k in ("plain_temperature", "temperature", "key_epochs")}
         wanted["labels"] = bool(self.labels)
+        wanted["name"] = MAIN
         done = self.stamp("trained")
         if done and done["settings"] == wanted:
             self.report["training"] = done["seconds"]
@@ -155,7 +212,7 @@ class Run:
         times = {}
         self.ldaproj("train", "--db", self.db, "--name", PLAIN, "--temperature", settings["plain_temperature"])
         # Trained last, so it is the active projection the student and ensemble attach to.
-        _, times["train"] = self.ldaproj("train", "--db", self.db, "--temperature", settings["temperature"],
+        _, times["train"] = self.ldaproj("train", "--db", self.db, "--name", MAIN, "--temperature", settings["temperature"],
                                          "--learn-keys", settings["key_epochs"])
         _, times["distill"] = self.ldaproj("distill", "--db", self.db, "--quiet")
         domains = ["--labels", self.labels] if self.labels else ["--domains", "4"]
@@ -163,6 +220,37 @@ class Run:
         times = {k: round(v, 1) for k, v in times.items()}
         self.stamp("trained", {"settings": wanted, "seconds": times})
         self.report["training"] = times
+
+    def train_ideas(self, settings, refit_questions=None):
+        """The idea projections with their val-chosen settings, and the refit on train+val (CLINC only)."""
+        ideas = settings.get("ideas")
+        if not ideas:
+            return
+        wanted = {"settings": {k: settings[k] for k in ("temperature", "key_epochs")}, "ideas": ideas,
+                  "refit": bool(refit_questions)}
+        if self.stamp("trained_ideas") == wanted:
+            return
+        t = settings["temperature"]
+        sub = ideas["sub_keys"]
+        self.ldaproj("train", "--db", self.db, "--name", "idea_sub_keys", "--temperature", t,
+                     "--learn-keys", sub["key_epochs"], "--keys-per-head", sub["keys_per_head"])
+        self.ldaproj("train", "--db", self.db, "--name", "idea_adapter", "--temperature", t,
+                     "--learn-keys", ideas["adapter"]["key_epochs"], "--query-adapter")
+        if refit_questions:
+            # A copy of the store with the val questions added as training questions; the epochs and
+            # temperature are the ones val chose for the learned keys, val is not used again.
+            refit_db = os.path.join(self.work, "refit.db")
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(refit_db + suffix):
+                    os.remove(refit_db + suffix)
+            for suffix in ("", "-wal"):  # the WAL may hold the latest commits
+                if os.path.exists(self.db + suffix):
+                    shutil.copyfile(self.db + suffix, refit_db + suffix)
+            self.ldaproj("import", "--db", refit_db, refit_questions)
+            self.ldaproj("embed", "--db", refit_db, "--quiet")
+            self.ldaproj("train", "--db", refit_db, "--name", "refit", "--temperature", t,
+                         "--learn-keys", settings["key_epochs"])
+        self.stamp("trained_ideas", wanted)
 
     @staticmethod
     def setting_args(settings):
@@ -176,7 +264,7 @@ class Run:
         args = self.setting_args(settings)
         plain_args = ["--projection", PLAIN, "--methods", "multi-head", "--temperature", settings["plain_temperature"]]
         if self.val:
-            val = self.validate("val", "--methods", methods, *args, "--choose-reject-threshold")
+            val = self.validate("val", "--projection", MAIN, "--methods", methods, *args, "--choose-reject-threshold")
             plain_val = self.validate("val", *plain_args, "--choose-reject-threshold")
             self.report["val"] = val
             thresholds = {m: v["chosen_rejection"]["threshold"] for m, v in val["methods"].items()}
@@ -187,12 +275,33 @@ class Run:
             text = ",".join(f"{m.replace('_', '-')}={t}" for m, t in pairs if t is not None)
             return ["--reject-below", text] if text else []
 
-        test = self.validate("test", "--methods", methods, *args,
+        test = self.validate("test", "--projection", MAIN, "--methods", methods, *args,
                              *reject((m, t) for m, t in thresholds.items() if m != "plain"))
         plain = self.validate("test", *plain_args, "--sweep-temperature", DEFAULT_TEMPERATURE,
                               *reject([("multi-head", thresholds.get("plain"))]))
         self.report.update({"settings": settings, "thresholds": thresholds, "test": test, "test_plain": plain})
+        self.report["test_ideas"] = self.evaluate_ideas(settings)
         return thresholds
+
+    def evaluate_ideas(self, settings):
+        """Each idea's row on test with its val-chosen settings (no rejection)."""
+        ideas = settings.get("ideas")
+        if not ideas:
+            return {}
+        t = settings["temperature"]
+        one = ["--methods", "multi-head", "--temperature", t]
+        out = {}
+        for idea, projection in (("sub_keys", "idea_sub_keys"), ("adapter", "idea_adapter")):
+            out[idea] = self.validate("test", "--projection", projection, *one)["methods"]["multi_head"]
+        for idea, flag in (("blend_questions", "--blend-questions"), ("blend_direct", "--blend-direct")):
+            out[idea] = self.validate("test", "--projection", MAIN, *one, *self.question_args(settings), flag,
+                                      ideas[idea]["blend"])["methods"]["multi_head"]
+        refit_db = os.path.join(self.work, "refit.db")
+        if os.path.exists(refit_db):
+            test, _ = self.ldaproj("validate", "--db", refit_db, "--test", self.test, *self.cache("test"), "--json",
+                                   "--projection", "refit", *one, as_json=True)
+            out["refit"] = test["methods"]["multi_head"]
+        return out
 
 
 def convert_clinc(clinc_dir, work):
@@ -201,6 +310,17 @@ def convert_clinc(clinc_dir, work):
                             check=True, stdout=subprocess.PIPE, text=True)
     log(result.stdout.strip())
     return not result.stdout.startswith("skipped")
+
+
+def clinc_refit_questions(work):
+    """CLINC150's in-scope val queries as training questions (for the train+val refit)."""
+    out = os.path.join(work, "val_as_train.jsonl")
+    with open(out, "w") as f:
+        for line in open(os.path.join(work, "val.jsonl")):
+            r = json.loads(line)
+            if not r.get("out_of_scope"):
+                f.write(json.dumps({"cluster": r["cluster"], "question": r["query"]}, ensure_ascii=False) + "\n")
+    return out
 
 
 def demo_heldout(work):
@@ -244,6 +364,20 @@ def metrics_table(report):
              "ensemble": f"ensemble of the {keys} teacher"}
     for key, m in report["test"]["methods"].items():
         lines.append(row(notes.get(key, key.replace("_", "-")), m, base))
+    ideas = s.get("ideas") or {}
+    for key, m in (report.get("test_ideas") or {}).items():
+        if key == "sub_keys":
+            name = (f"multi-head, {ideas[key]['keys_per_head']} learned sub-keys per head "
+                    f"({ideas[key]['key_epochs']} epochs), τ={s['temperature']:g}")
+        elif key == "adapter":
+            name = f"multi-head, learned keys + query adapter ({ideas[key]['key_epochs']} epochs), τ={s['temperature']:g}"
+        elif key == "blend_questions":
+            name = f"multi-head, {keys}, τ={s['temperature']:g}, blended with question routing (b={ideas[key]['blend']:g})"
+        elif key == "blend_direct":
+            name = f"multi-head, {keys}, τ={s['temperature']:g}, blended with direct (g={ideas[key]['blend']:g})"
+        else:
+            name = f"multi-head, {keys}, τ={s['temperature']:g}, refit on train+val"
+        lines.append(row(name, m, base))
     return lines
 
 
@@ -340,6 +474,7 @@ def main():
                     labels=os.path.join(clinc_work, "domains.tsv"))
         clinc.prepare()
         settings = clinc.tune_on_val()
+        clinc.train_ideas(settings, refit_questions=clinc_refit_questions(clinc_work))
         clinc.train(settings)
         thresholds = clinc.evaluate(settings)
         reports.append(clinc.report)
@@ -351,6 +486,7 @@ def main():
                [os.path.join(ROOT, "data", "demo", "clusters.json"), os.path.join(ROOT, "data", "demo", "extra.jsonl")],
                test=demo_heldout(demo_work))
     demo.prepare()
+    demo.train_ideas(settings)
     demo.train(settings)
     demo.evaluate(settings, thresholds=thresholds)
     reports.append(demo.report)

@@ -89,6 +89,35 @@ TEST_F(QualityStore, LearnedKeysRouteTrainingQuestionsAtLeastAsWell) {
   EXPECT_NE(store.load_projection({})->metrics_json.find("learned_keys"), std::string::npos);
 }
 
+TEST_F(QualityStore, GlobalWIsFittedFromTheQuestionMeansEvenWithLearnedKeys) {
+  Store store = Store::open(db_);
+  TeacherTrainOptions plain;
+  plain.name = "plain";
+  train_teacher(store, "synthetic", plain);
+  TeacherTrainOptions learned;
+  learned.name = "learned";
+  learned.temperature = 0.05f;
+  learned.key_epochs = 100;
+  learned.key_lr = 0.02f;
+  train_teacher(store, "synthetic", learned);
+  const Searcher with_centroids = Searcher::load(store, "plain");
+  const Searcher with_learned_keys = Searcher::load(store, "learned");
+  const auto model = store.find_model("synthetic");
+  const Matrix queries = store.embeddings(model->id, EntityKind::Question).vectors;
+  SearchOptions options;
+  options.method = Method::GlobalW;
+  const Matrix expected = with_centroids.project(queries, options);
+  const Matrix got = with_learned_keys.project(queries, options);
+  ASSERT_EQ(got.data.size(), expected.data.size());
+  for (std::size_t i = 0; i < got.data.size(); ++i) ASSERT_NEAR(got.data[i], expected.data[i], 1e-4f) << i;
+  // The keys did move, so the check above is not trivially true.
+  options.method = Method::MultiHead;
+  const Matrix a = with_centroids.project(queries, options), b = with_learned_keys.project(queries, options);
+  double largest = 0;
+  for (std::size_t i = 0; i < a.data.size(); ++i) largest = std::max(largest, double(std::fabs(a.data[i] - b.data[i])));
+  EXPECT_GT(largest, 1e-3);
+}
+
 TEST_F(QualityStore, QuestionRoutingFindsTheClusterOfATrainingQuestion) {
   Store store = Store::open(db_);
   train_teacher(store, "synthetic", TeacherTrainOptions{});

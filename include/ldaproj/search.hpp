@@ -64,6 +64,12 @@ struct SearchOptions {
   // Out-of-scope rejection: a query whose confidence is below this gets no
   // answers (QueryResult::rejected). Setting it also fills confidence.
   std::optional<float> reject_below;
+  // multi-head only: blends with the other scores, each in [0, 1).
+  //  blend_questions b: routing weights (1 - b) w_teacher + b w_question-routing
+  //    (question_temperature, question_neighbors), then their answers as usual;
+  //  blend_direct g: answers ranked by (1 - g) cos(p, a) + g cos(q, a).
+  float blend_questions = 0.0f;
+  float blend_direct = 0.0f;
   bool include_confidence = false;   // fill QueryResult::confidence without rejecting
 };
 
@@ -131,6 +137,7 @@ class Searcher {
   explicit Searcher(std::unique_ptr<Impl> impl);
   void check_queries(const Matrix& queries) const;
   static void check_question_options(const SearchOptions& options);
+  static void check_blend_options(const SearchOptions& options);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -14,7 +14,7 @@
 
 namespace ldaproj {
 
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 struct Cluster {
   std::int64_t id = 0;
@@ -74,6 +74,12 @@ struct Projection {
   std::string created_at;       // ISO-8601 UTC
   bool active = false;
   std::vector<Head> heads;      // filled by load_projection only
+  // Routing beyond one key per head (filled by load_projection only; empty
+  // for most projections): "sub_keys" [keys, dim] with "sub_key_heads" [keys]
+  // (the position in `heads` of each key's head, `heads` ordered by cluster
+  // id), which then replace the centroids as keys, and "query_adapter"
+  // [dim, dim] (ldaproj/teacher.hpp adapt_queries).
+  std::vector<StudentTensor> tensors;
 };
 
 // A student distilled from a projection (at most one per projection).

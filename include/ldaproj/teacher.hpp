@@ -37,6 +37,10 @@ std::vector<float> compute_centroid(const Matrix& questions, CentroidMethod meth
 struct KeyLearningOptions {
   std::size_t epochs = 100;
   float lr = 0.002f;
+  // The query adapter (the general form below, when given one): Adam rate
+  // and weight decay of W.
+  float adapter_lr = 0.0002f;
+  float adapter_decay = 0.0f;
 };
 struct KeyLearningReport {
   std::size_t epochs = 0;
@@ -45,6 +49,23 @@ struct KeyLearningReport {
 };
 KeyLearningReport learn_keys(Matrix& keys, const Matrix& questions, const std::vector<std::size_t>& head_of_question,
                              float temperature, const KeyLearningOptions& options = {});
+// The general form: several keys per head (head_of_key[i] is key i's head;
+// a head's routing mass is the sum over its keys, i.e. its score is the
+// log-sum-exp of its keys' scores) and, when `adapter` is not null, a query
+// adapter W (d x d, started at zero when it has another shape) learned with
+// the keys: questions are routed as normalise(q + W q) (adapt_queries).
+KeyLearningReport learn_keys(Matrix& keys, const std::vector<std::size_t>& head_of_key, Matrix* adapter,
+                             const Matrix& questions, const std::vector<std::size_t>& head_of_question,
+                             float temperature, const KeyLearningOptions& options = {});
+
+// Up to k sub-keys for one head: spherical k-means over its questions from a
+// deterministic farthest-point start (fewer keys when it has fewer questions).
+Matrix kmeans_sub_keys(const Matrix& questions, std::size_t k, int iterations = 20);
+
+// The queries as the teacher of a projection with a query adapter sees them:
+// normalise(q + W q) for unit q (W: d x d, row-major). An empty adapter
+// (0 x 0) only normalises. InputError on mismatched shapes or zero queries.
+Matrix adapt_queries(const Matrix& adapter, const Matrix& queries);
 
 // Scales every row to unit L2 norm in place. Throws InputError naming the row
 // (with `what` as the kind of row, e.g. "query") when a row is zero or not finite.

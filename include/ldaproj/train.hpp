@@ -17,6 +17,15 @@ struct TeacherTrainOptions {
   // (learn_keys at `temperature`); 0 keeps the centroids.
   std::size_t key_epochs = 0;
   float key_lr = KeyLearningOptions{}.lr;
+  // > 1: that many keys per head, started by k-means over the head's
+  // questions (kmeans_sub_keys) and learned with key_epochs; a head's routing
+  // score is the log-sum-exp of its keys'. Stored as Projection::tensors.
+  std::size_t keys_per_head = 1;
+  // Learn a query adapter W with the keys (needs key_epochs > 0): the teacher
+  // routes normalise(q + W q). Stored as the tensor "query_adapter".
+  bool query_adapter = false;
+  float adapter_lr = KeyLearningOptions{}.adapter_lr;
+  float adapter_decay = KeyLearningOptions{}.adapter_decay;
 };
 
 struct TeacherTrainReport {
@@ -27,6 +36,18 @@ struct TeacherTrainReport {
   std::vector<std::string> warnings;  // e.g. clusters skipped for lack of questions
   KeyLearningReport keys;             // epochs == 0 when keys were not learned
 };
+
+// What a stored projection routes with: one key per head (the centroids) or
+// its sub-keys, each key's head and answer, and its query adapter (0 x 0
+// when it has none). Error on tensors that do not fit the heads.
+struct ProjectionRouting {
+  Matrix keys;                           // keys x dim
+  std::vector<std::size_t> head_of_key;  // position in Projection::heads
+  Matrix answers;                        // keys x dim: the answer of each key's head
+  Matrix adapter;                        // dim x dim, or 0 x 0
+  bool has_sub_keys = false;
+};
+ProjectionRouting projection_routing(const Projection& projection, std::size_t dim);
 
 // Builds the heads for every cluster that has question and answer embeddings
 // for `model_name`, stores them as a new active projection (one transaction)

@@ -88,8 +88,18 @@ struct TeacherFlags {
   std::size_t approximate_answers_from = SearcherOptions{}.approximate_answers_from;
   float question_temperature = kDefaultQuestionTemperature;
   std::size_t question_neighbors = kDefaultQuestionNeighbors;
+  float blend_questions = 0.0f;
+  float blend_direct = 0.0f;
 
   void add_to(CLI::App& cmd) {
+    cmd.add_option("--blend-questions", blend_questions,
+                   "multi-head: mix the routing weights with question-routing's, (1-B) teacher + B questions")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 0.999));
+    cmd.add_option("--blend-direct", blend_direct,
+                   "multi-head: rank answers by (1-G) cos(projection, answer) + G cos(query, answer)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 0.999));
     cmd.add_option("--question-temperature", question_temperature,
                    "question-routing: softmax temperature over the similarities to the training questions")
         ->capture_default_str()
@@ -314,16 +324,12 @@ int run_embed(const std::string& db, const EncoderFlags& flags, std::size_t batc
 }
 
 // ---------------------------------------------------------------- train
-int run_train(const std::string& db, const std::string& embedding_model, float temperature,
-              const std::string& name, const std::string& centroid, std::size_t key_epochs, float key_lr) {
+int run_train(const std::string& db, const std::string& embedding_model, TeacherTrainOptions options,
+              const std::string& centroid) {
   require_existing_db(db);
   Store store = Store::open(db);
-  TeacherTrainOptions options;
-  options.temperature = temperature;
-  options.name = name;
   options.centroid_method = parse_centroid_method(centroid);
-  options.key_epochs = key_epochs;
-  options.key_lr = key_lr;
+  const float temperature = options.temperature;
   const std::string model = pick_embedding_model(store, embedding_model);
   const TeacherTrainReport r =
       while_doing("training on " + db, [&] { return train_teacher(store, model, options); });
@@ -526,6 +532,8 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
   options.top_domains = teacher.top_domains;
   options.question_temperature = teacher.question_temperature;
   options.question_neighbors = teacher.question_neighbors;
+  options.blend_questions = teacher.blend_questions;
+  options.blend_direct = teacher.blend_direct;
   options.reject_below = f.reject_below;
   const auto results = searcher.search(encoder.encode(texts), options);
   const float shown_temperature = options.method == Method::QuestionRouting
@@ -722,6 +730,7 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
            {"out_of_scope_queries", out_of_scope}, {"temperature", tau},
            {"question_temperature", teacher.question_temperature},
            {"question_neighbors", teacher.question_neighbors}, {"route_k", teacher.route_k},
+           {"blend_questions", teacher.blend_questions}, {"blend_direct", teacher.blend_direct},
            {"projection", searcher.projection_name()}, {"methods", json::object()}};
   struct Row {
     Method method;
@@ -739,6 +748,8 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
     options.top_domains = teacher.top_domains;
     options.question_temperature = teacher.question_temperature;
     options.question_neighbors = teacher.question_neighbors;
+    options.blend_questions = teacher.blend_questions;
+    options.blend_direct = teacher.blend_direct;
     // Retrieval metrics rank every query; rejection is scored from the confidence.
     options.include_confidence = rejection;
     return options;
@@ -1085,14 +1096,26 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--centroid", centroid, "Centroid of a head's questions: mean or reweighted")
       ->capture_default_str()->check(CLI::IsMember({"mean", "reweighted"}));
   train_cmd->add_option("--embedding-model", embedding_model, "Embedding model name when the store holds several");
-  std::size_t key_epochs = 0;
-  float key_lr = ldaproj::KeyLearningOptions{}.lr;
+  ldaproj::TeacherTrainOptions train_options;
+  std::size_t& key_epochs = train_options.key_epochs;
+  float& key_lr = train_options.key_lr;
   train_cmd->add_option("--learn-keys", key_epochs,
                         "Epochs of discriminative key learning after the centroids (cross-entropy of the routing "
                         "softmax on the training questions; 0: plain centroids)")
       ->capture_default_str();
   train_cmd->add_option("--key-lr", key_lr, "Adam learning rate for --learn-keys")->capture_default_str()
       ->check(CLI::PositiveNumber);
+  train_cmd->add_option("--keys-per-head", train_options.keys_per_head,
+                        "Keys per head: > 1 starts that many sub-keys per head by k-means over its questions "
+                        "(learned with --learn-keys); a head's routing score is the log-sum-exp of its keys'")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  train_cmd->add_flag("--query-adapter", train_options.query_adapter,
+                      "With --learn-keys: also learn a query adapter W (d x d, from zero); the teacher then routes "
+                      "normalise(q + W q)");
+  train_cmd->add_option("--adapter-lr", train_options.adapter_lr, "Adam learning rate of --query-adapter")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  train_cmd->add_option("--adapter-decay", train_options.adapter_decay, "Weight decay of --query-adapter")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
 
   DistillFlags df;
   auto* distill_cmd = app.add_subcommand("distill", "Distil the teacher into a student transformer with learned keys/values");
@@ -1279,7 +1302,11 @@ int main(int argc, char** argv) {
     if (*distill_cmd) return run_distill(db, df);
     if (*export_cmd) return run_export(db, export_projection, export_out, export_ensemble);
     if (*embed_cmd) return run_embed(db, enc, embed_batch, quiet);
-    if (*train_cmd) return run_train(db, embedding_model, temperature, name, centroid, key_epochs, key_lr);
+    if (*train_cmd) {
+      train_options.temperature = temperature;
+      train_options.name = name;
+      return run_train(db, embedding_model, train_options, centroid);
+    }
     if (*query_cmd) {
       qf.temperature = query_temperature;
       return run_query(db, enc, teacher, qf, query_texts);

@@ -17,6 +17,7 @@
 #include "ldaproj/search.hpp"
 #include "ldaproj/student.hpp"
 #include "ldaproj/teacher.hpp"
+#include "ldaproj/train.hpp"
 
 namespace ldaproj {
 
@@ -51,7 +52,13 @@ struct Searcher::Impl {
   std::string projection_name;
   std::string model_name;
   std::vector<std::int64_t> head_clusters;  // head index -> cluster id
+  // The teacher's rows are keys: one per head, or several (sub-keys); each
+  // key's head. Queries go through the adapter (0 x 0: none) first.
   MultiHeadProjection teacher;
+  std::vector<std::size_t> head_of_key;
+  bool has_sub_keys = false;
+  Matrix adapter;
+  Matrix head_centroids, head_answer_rows;  // per head, as stored
   StudentModel student;  // empty when none was distilled
   EnsembleModel ensemble;  // empty when none was trained
   std::unique_ptr<Index> answer_index;
@@ -71,6 +78,7 @@ struct Searcher::Impl {
   // global-w is fitted on first use: it needs every question embedding.
   const Store* store = nullptr;
   std::int64_t model_id = 0;
+  CentroidMethod centroid_method = CentroidMethod::Mean;  // how the projection made its centroids
   mutable std::once_flag global_once;
   mutable GlobalProjection global;
   mutable std::string global_error;
@@ -81,6 +89,26 @@ struct Searcher::Impl {
   const SparseMultiHeadProjection& sparse() const {
     std::call_once(sparse_once, [this] { sparse_teacher = std::make_unique<SparseMultiHeadProjection>(teacher); });
     return *sparse_teacher;
+  }
+
+  // Queries as the teacher routes them (through its adapter, when it has one).
+  Matrix teacher_queries(const Matrix& queries) const {
+    return adapter.rows == 0 ? queries : adapt_queries(adapter, queries);
+  }
+
+  // Per-key columns (queries x keys) to per-head ones: weights add up,
+  // similarities take the best key. Unchanged with one key per head.
+  Matrix per_head(Matrix per_key, bool add) const {
+    if (!has_sub_keys) return per_key;
+    Matrix out(per_key.rows, head_clusters.size());
+    if (!add) std::fill(out.data.begin(), out.data.end(), -2.0f);
+    for (std::size_t q = 0; q < per_key.rows; ++q) {
+      for (std::size_t k = 0; k < per_key.cols; ++k) {
+        float& o = out(q, head_of_key[k]);
+        o = add ? o + per_key(q, k) : std::max(o, per_key(q, k));
+      }
+    }
+    return out;
   }
 
   void load_questions() const {
@@ -101,7 +129,7 @@ struct Searcher::Impl {
       }
       if (vectors.rows > 0) normalize_rows(vectors, "question embedding");
       question_vectors = std::move(vectors);
-      head_answers = teacher.answers();
+      head_answers = head_answer_rows;
     });
     if (question_vectors.rows == 0) {
       throw InputError("question-routing needs the training questions' embeddings; none of the projection's "
@@ -165,6 +193,40 @@ struct Searcher::Impl {
     return projected;
   }
 
+  // The teacher's projection with the blends of SearchOptions; `weights_out`
+  // (when given) gets the per-head routing weights it used.
+  Matrix blended_teacher(const Matrix& queries, float temperature, const SearchOptions& options,
+                         Matrix* weights_out) const {
+    const float b = options.blend_questions, g = options.blend_direct;
+    Matrix projected, weights;
+    if (b == 0.0f) {
+      projected = teacher.project(teacher_queries(queries), temperature, weights_out ? &weights : nullptr);
+      if (weights_out) weights = per_head(std::move(weights), true);
+    } else {
+      teacher.project(teacher_queries(queries), temperature, &weights);
+      weights = per_head(std::move(weights), true);
+      Matrix unit = queries, by_questions, similarity;
+      normalize_rows(unit, "query");
+      route_questions(unit, options.question_temperature, options.question_neighbors, by_questions, similarity);
+      for (std::size_t i = 0; i < weights.data.size(); ++i) {
+        weights.data[i] = (1.0f - b) * weights.data[i] + b * by_questions.data[i];
+      }
+      detail::gemm_ab(weights, head_answer_rows, projected);
+      normalize_rows(projected, "projected query");
+    }
+    if (g != 0.0f) {
+      // Unit answers: a . ((1-g) p + g q) = (1-g) cos(p, a) + g cos(q, a), so ranking by the mix is the blend.
+      Matrix unit = queries;
+      normalize_rows(unit, "query");
+      for (std::size_t i = 0; i < projected.data.size(); ++i) {
+        projected.data[i] = (1.0f - g) * projected.data[i] + g * unit.data[i];
+      }
+      normalize_rows(projected, "blended query");
+    }
+    if (weights_out) *weights_out = std::move(weights);
+    return projected;
+  }
+
   const GlobalProjection& global_w() const {
     std::call_once(global_once, [this] {
       const Store::ReadSnapshot snapshot = store->read_snapshot();
@@ -179,16 +241,34 @@ struct Searcher::Impl {
         auto h = head_of.find(question.cluster_id);
         if (r != row.end() && h != head_of.end()) pairs.emplace_back(r->second, h->second);
       }
-      const Matrix centroids = teacher.centroids();
-      Matrix residuals(pairs.size(), teacher.dim());
+      // The fit needs the question means, not the routing keys: learned keys
+      // (train --learn-keys) are moved away from the means, so the centroids
+      // are computed again from the questions the way training did.
+      const std::size_t dim = teacher.dim();
+      std::vector<Matrix> per_head(head_clusters.size(), Matrix(0, dim));
+      for (const auto& [r, h] : pairs) {
+        Matrix& m = per_head[h];
+        m.data.insert(m.data.end(), q.vectors.row(r), q.vectors.row(r) + dim);
+        ++m.rows;
+      }
+      const Matrix& keys = head_centroids;
+      Matrix centroids(head_clusters.size(), dim);
+      for (std::size_t h = 0; h < head_clusters.size(); ++h) {
+        // A head without stored questions (they were deleted after training) keeps its key.
+        const std::vector<float> c =
+            per_head[h].rows > 0 ? compute_centroid(per_head[h], centroid_method)
+                                 : std::vector<float>(keys.row(h), keys.row(h) + dim);
+        std::copy(c.begin(), c.end(), centroids.row(h));
+      }
+      Matrix residuals(pairs.size(), dim);
       for (std::size_t i = 0; i < pairs.size(); ++i) {
-        Matrix one(1, teacher.dim());
+        Matrix one(1, dim);
         std::copy(q.vectors.row(pairs[i].first), q.vectors.row(pairs[i].first) + one.cols, one.row(0));
         normalize_rows(one, "question embedding");
         const float* c = centroids.row(pairs[i].second);
         for (std::size_t j = 0; j < one.cols; ++j) residuals(i, j) = one(0, j) - c[j];
       }
-      global = GlobalProjection::fit(centroids, teacher.answers(), residuals);
+      global = GlobalProjection::fit(centroids, head_answer_rows, residuals);
     });
     return global;
   }
@@ -221,22 +301,29 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
   const auto model = store.find_model(projection->model);
   if (!model) throw Error("projection refers to unknown model " + projection->model);
   impl->model_id = model->id;
+  impl->centroid_method =
+      projection->centroid_method.empty() ? CentroidMethod::Mean : parse_centroid_method(projection->centroid_method);
 
   const std::size_t dim = model->dim;
-  Matrix centroids(projection->heads.size(), dim), answers(projection->heads.size(), dim);
+  impl->head_centroids = Matrix(projection->heads.size(), dim);
+  impl->head_answer_rows = Matrix(projection->heads.size(), dim);
   for (std::size_t h = 0; h < projection->heads.size(); ++h) {
     const Head& head = projection->heads[h];
     if (head.centroid.size() != dim || head.answer.size() != dim) {
       throw Error("head " + std::to_string(h) + " of projection " + projection->name +
                   " has the wrong dimension");
     }
-    std::copy(head.centroid.begin(), head.centroid.end(), centroids.row(h));
-    std::copy(head.answer.begin(), head.answer.end(), answers.row(h));
+    std::copy(head.centroid.begin(), head.centroid.end(), impl->head_centroids.row(h));
+    std::copy(head.answer.begin(), head.answer.end(), impl->head_answer_rows.row(h));
     impl->head_clusters.push_back(head.cluster_id);
   }
+  ProjectionRouting routing = projection_routing(*projection, dim);
+  impl->head_of_key = std::move(routing.head_of_key);
+  impl->has_sub_keys = routing.has_sub_keys;
+  impl->adapter = std::move(routing.adapter);
   try {
-    impl->teacher =
-        MultiHeadProjection(std::move(centroids), std::move(answers), projection->temperature, teacher_options);
+    impl->teacher = MultiHeadProjection(std::move(routing.keys), std::move(routing.answers), projection->temperature,
+                                        teacher_options);
   } catch (const InputError& e) {
     // Stored heads are checked when saved, so this is a damaged database.
     throw InputError("projection \"" + projection->name + "\" in " + store.path().string() +
@@ -300,11 +387,12 @@ Matrix Searcher::project(const Matrix& queries, const SearchOptions& options) co
       return projected;
     }
     case Method::MultiHead:
-      return s.teacher.project(queries, temperature);
+      check_blend_options(options);
+      return s.blended_teacher(queries, temperature, options, nullptr);
     case Method::GlobalW:
       return s.global_w().project(queries);
     case Method::SparseTeacher:
-      return s.sparse().project(queries, temperature, options.route_k);
+      return s.sparse().project(s.teacher_queries(queries), temperature, options.route_k);
     case Method::Student: {
       if (s.student.empty()) {
         throw InputError("projection \"" + s.projection_name + "\" has no student; distil one with " +
@@ -329,6 +417,13 @@ Matrix Searcher::project(const Matrix& queries, const SearchOptions& options) co
       return s.project_over_questions(queries, options.question_temperature, options.question_neighbors);
   }
   throw Error("unknown method");
+}
+
+void Searcher::check_blend_options(const SearchOptions& options) {
+  for (const float blend : {options.blend_questions, options.blend_direct}) {
+    if (!(blend >= 0.0f && blend < 1.0f)) throw InputError("blend weights must be in [0, 1), got " + std::to_string(blend));
+  }
+  if (options.blend_questions > 0.0f) check_question_options(options);
 }
 
 void Searcher::check_question_options(const SearchOptions& options) {
@@ -370,19 +465,20 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
   std::vector<SparseRouting> sparse_routes;
   const bool want_confidence = options.include_confidence || options.reject_below.has_value();
   if (options.method == Method::MultiHead) {
-    projected = s.teacher.project(queries, temperature, options.routing_top > 0 ? &weights : nullptr);
+    check_blend_options(options);
+    projected = s.blended_teacher(queries, temperature, options, options.routing_top > 0 ? &weights : nullptr);
   } else if (options.method == Method::QuestionRouting) {
     check_question_options(options);
     projected = s.project_over_questions(queries, options.question_temperature, options.question_neighbors,
                                          &weights, &similarity);
   } else if (options.method == Method::SparseTeacher) {
-    projected = s.sparse().project(queries, temperature, options.route_k, &sparse_routes);
+    projected = s.sparse().project(s.teacher_queries(queries), temperature, options.route_k, &sparse_routes);
   } else {
     projected = project(queries, options);
   }
   std::vector<QueryResult> results = rank(projected, options.top_k);
   if (similarity.rows == 0 && ((options.method == Method::MultiHead && options.routing_top > 0) || want_confidence)) {
-    similarity = s.teacher.route_scores(queries);
+    similarity = s.per_head(s.teacher.route_scores(s.teacher_queries(queries)), false);
   }
   const bool show_routing = options.routing_top > 0 &&
                             (options.method == Method::MultiHead || options.method == Method::QuestionRouting);
@@ -393,9 +489,17 @@ std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOpt
     if (!sparse_routes.empty()) {
       const SparseRouting& r = sparse_routes[q];
       results[q].uncovered_mass_bound = r.uncovered_mass_bound;
-      for (std::size_t i = 0; i < std::min(options.routing_top, r.heads.size()); ++i) {
-        const std::int64_t cid = s.head_clusters[r.heads[i]];
-        results[q].routing.push_back({cid, s.cluster_names.at(cid), r.weights[i], r.similarity[i]});
+      // Keys of one head (sub-keys) share its entry: weights add, the best similarity counts.
+      for (std::size_t i = 0; i < r.heads.size(); ++i) {
+        const std::int64_t cid = s.head_clusters[s.head_of_key[r.heads[i]]];
+        auto same = std::find_if(results[q].routing.begin(), results[q].routing.end(),
+                                 [cid](const RoutingEntry& e) { return e.cluster_id == cid; });
+        if (same != results[q].routing.end()) {
+          same->weight += r.weights[i];
+          same->similarity = std::max(same->similarity, r.similarity[i]);
+        } else if (results[q].routing.size() < options.routing_top) {
+          results[q].routing.push_back({cid, s.cluster_names.at(cid), r.weights[i], r.similarity[i]});
+        }
       }
     }
     if (want_confidence) {
@@ -453,7 +557,7 @@ std::size_t Searcher::student_parameters() const { return impl_->student.paramet
 const std::string& Searcher::model_name() const { return impl_->model_name; }
 const std::string& Searcher::projection_name() const { return impl_->projection_name; }
 float Searcher::temperature() const { return impl_->teacher.temperature(); }
-std::size_t Searcher::num_heads() const { return impl_->teacher.num_heads(); }
+std::size_t Searcher::num_heads() const { return impl_->head_clusters.size(); }
 std::size_t Searcher::num_answers() const { return impl_->answers.size(); }
 bool Searcher::answer_index_is_approximate() const { return !impl_->answer_corpus.empty(); }
 

@@ -145,10 +145,25 @@ CREATE TABLE ensemble_tensors (
 ) WITHOUT ROWID;
 )sql";
 
+// Named tensors of a projection beyond one key and one answer per head:
+// several sub-keys per head and a query adapter (train --keys-per-head,
+// --query-adapter). A projection without any routes as before.
+constexpr const char* kSchemaV4 = R"sql(
+CREATE TABLE projection_tensors (
+  projection_id INTEGER NOT NULL REFERENCES projections(id) ON DELETE CASCADE,
+  name          TEXT    NOT NULL,
+  position      INTEGER NOT NULL,
+  shape_json    TEXT    NOT NULL,
+  data          BLOB    NOT NULL,
+  PRIMARY KEY (projection_id, name)
+) WITHOUT ROWID;
+)sql";
+
 constexpr std::array kMigrations{
     Migration{1, "initial schema", kSchemaV1},
     Migration{2, "distilled students", kSchemaV2},
     Migration{3, "hierarchical ensembles", kSchemaV3},
+    Migration{4, "projection sub-keys and query adapters", kSchemaV4},
 };
 
 static_assert(kMigrations.back().version == kSchemaVersion,

@@ -226,6 +226,54 @@ std::vector<StoredStudent> read_students(sqlite3* db, const fs::path& path) {
   return result;
 }
 
+// A projection's extra tensors (Projection::tensors): known names, shapes
+// that fit its heads and model, finite values, sub-keys with a head each.
+void check_projection_tensors(const Projection& projection, std::size_t dim) {
+  const std::string what = "projection \"" + projection.name + "\"";
+  const StudentTensor* sub_keys = nullptr;
+  const StudentTensor* sub_key_heads = nullptr;
+  for (std::size_t i = 1; i < projection.heads.size() && !projection.tensors.empty(); ++i) {
+    if (projection.heads[i - 1].cluster_id >= projection.heads[i].cluster_id) {
+      throw InputError(what + ": heads must be ordered by cluster id when it has sub-keys or an adapter");
+    }
+  }
+  for (const StudentTensor& t : projection.tensors) {
+    std::size_t count = 1;
+    for (const auto d : t.shape) count *= static_cast<std::size_t>(std::max<std::int64_t>(d, 0));
+    if (count != t.values.size()) throw InputError(what + ": tensor '" + t.name + "' does not match its shape");
+    for (const float v : t.values) {
+      if (!std::isfinite(v)) throw InputError(what + ": tensor '" + t.name + "' is not finite");
+    }
+    if (t.name == "sub_keys" && t.shape.size() == 2 && t.shape[1] == static_cast<std::int64_t>(dim)) {
+      sub_keys = &t;
+    } else if (t.name == "sub_key_heads" && t.shape.size() == 1) {
+      sub_key_heads = &t;
+    } else if (t.name == "query_adapter" &&
+               t.shape == std::vector<std::int64_t>{static_cast<std::int64_t>(dim), static_cast<std::int64_t>(dim)}) {
+    } else {
+      throw InputError(what + ": unknown tensor '" + t.name + "' or wrong shape for it (model dimension " +
+                       std::to_string(dim) + ")");
+    }
+  }
+  if (!sub_keys != !sub_key_heads ||
+      (sub_keys && sub_key_heads->values.size() != static_cast<std::size_t>(sub_keys->shape[0]))) {
+    throw InputError(what + ": sub_keys and sub_key_heads come together, one head per sub-key");
+  }
+  if (sub_keys) {
+    std::vector<bool> covered(projection.heads.size(), false);
+    for (const float h : sub_key_heads->values) {
+      if (!(h >= 0) || h != std::floor(h) || h >= static_cast<float>(projection.heads.size())) {
+        throw InputError(what + ": a sub-key names head " + std::to_string(h) + " of " +
+                         std::to_string(projection.heads.size()));
+      }
+      covered[static_cast<std::size_t>(h)] = true;
+    }
+    if (std::find(covered.begin(), covered.end(), false) != covered.end()) {
+      throw InputError(what + ": every head needs at least one sub-key");
+    }
+  }
+}
+
 // Named float tensors of a student or ensemble: rows of `table` keyed by
 // (`owner` column = owner_id, name), in their order (`position`).
 void insert_tensors(sqlite3* db, const std::string& table, const std::string& owner, std::int64_t owner_id,
@@ -591,6 +639,8 @@ std::int64_t Store::save_projection(const Projection& projection) {
     check_nonzero(head.answer, what + ": answer");
   }
 
+  check_projection_tensors(projection, model->dim);
+
   sqlite3* db = impl_->db;
   Transaction transaction(db, Transaction::Kind::Write);
   Statement remove(db, "DELETE FROM projections WHERE name = ?1");
@@ -633,6 +683,7 @@ std::int64_t Store::save_projection(const Projection& projection) {
       throw;
     }
   }
+  insert_tensors(db, "projection_tensors", "projection_id", projection_id, projection.tensors);
   transaction.commit();
   return projection_id;
 }
@@ -665,6 +716,8 @@ std::optional<Projection> Store::load_projection(const std::string& name) const 
     head.num_questions = heads.column_int(3);
     projection.heads.push_back(std::move(head));
   }
+  projection.tensors = read_tensors(db, "projection_tensors", "projection_id", projection.id,
+                                    "projection \"" + projection.name + "\"", "train it again with `ldaproj train`");
   snapshot.commit();
   return projection;
 }

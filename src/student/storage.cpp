@@ -27,6 +27,12 @@ ProjectionTeacher load_projection_teacher(const Store& store, const std::string&
   ProjectionTeacher out;
   out.projection = require_projection(store, projection_name);
   const Projection& projection = out.projection;
+  if (!projection.tensors.empty()) {
+    // Students and ensembles learn one key per head from a teacher without an adapter.
+    throw InputError("projection \"" + projection.name + "\" routes with sub-keys or a query adapter (train "
+                     "--keys-per-head/--query-adapter), which distill and ensemble do not support yet; name a "
+                     "projection trained without them with --projection");
+  }
   const auto model = store.find_model(projection.model);
   if (!model) throw Error("projection \"" + projection.name + "\" refers to unknown model " + projection.model);
   const std::size_t dim = model->dim;

@@ -1,6 +1,8 @@
 // Teacher training: groups stored embeddings by cluster, builds one head per
 // cluster (centroid + answer embedding), optionally learns discriminative
-// keys from the questions, and saves them as a projection.
+// keys (or several sub-keys per head, and a query adapter) from the
+// questions, and saves them as a projection; and how a stored projection's
+// keys, answers and adapter are laid out for routing (projection_routing).
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -32,8 +34,54 @@ Matrix gather(const EmbeddingSet& set, const std::vector<std::size_t>& rows) {
 
 }  // namespace
 
+ProjectionRouting projection_routing(const Projection& projection, std::size_t dim) {
+  ProjectionRouting out;
+  const std::size_t heads = projection.heads.size();
+  const StudentTensor* sub_keys = nullptr;
+  const StudentTensor* sub_key_heads = nullptr;
+  for (const StudentTensor& t : projection.tensors) {
+    if (t.name == "sub_keys") sub_keys = &t;
+    if (t.name == "sub_key_heads") sub_key_heads = &t;
+    if (t.name == "query_adapter") {
+      if (t.values.size() != dim * dim) throw Error("projection \"" + projection.name + "\": malformed query adapter");
+      out.adapter = Matrix(dim, dim);
+      out.adapter.data = t.values;
+    }
+  }
+  if (sub_keys && sub_key_heads) {
+    const std::size_t n = sub_key_heads->values.size();
+    if (sub_keys->values.size() != n * dim) throw Error("projection \"" + projection.name + "\": malformed sub-keys");
+    out.keys = Matrix(n, dim);
+    out.keys.data = sub_keys->values;
+    for (float h : sub_key_heads->values) {
+      if (!(h >= 0) || h >= static_cast<float>(heads)) {
+        throw Error("projection \"" + projection.name + "\": a sub-key names a head it does not have");
+      }
+      out.head_of_key.push_back(static_cast<std::size_t>(h));
+    }
+    out.has_sub_keys = true;
+  } else {
+    out.keys = Matrix(heads, dim);
+    for (std::size_t h = 0; h < heads; ++h) {
+      std::copy(projection.heads[h].centroid.begin(), projection.heads[h].centroid.end(), out.keys.row(h));
+      out.head_of_key.push_back(h);
+    }
+  }
+  out.answers = Matrix(out.keys.rows, dim);
+  for (std::size_t k = 0; k < out.keys.rows; ++k) {
+    const auto& answer = projection.heads[out.head_of_key[k]].answer;
+    if (answer.size() != dim) throw Error("projection \"" + projection.name + "\": a head has the wrong dimension");
+    std::copy(answer.begin(), answer.end(), out.answers.row(k));
+  }
+  return out;
+}
+
 TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
                                  const TeacherTrainOptions& options) {
+  if (options.keys_per_head == 0) throw InputError("--keys-per-head must be at least 1");
+  if (options.query_adapter && options.key_epochs == 0) {
+    throw InputError("--query-adapter is learned together with the keys; give --learn-keys N (N > 0) too");
+  }
   if (!(options.temperature > 0.0f) || !std::isfinite(options.temperature)) {
     throw InputError("--temperature must be a positive number, got " +
                      std::to_string(options.temperature));
@@ -119,26 +167,58 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
   }
   report.heads = projection.heads.size();
   nlohmann::json metrics{{"heads", report.heads}, {"questions", report.questions}, {"warnings", report.warnings.size()}};
-  if (options.key_epochs > 0) {
+  const std::size_t per_head = options.keys_per_head;
+  if (options.key_epochs > 0 || per_head > 1) {
     const std::size_t dim = projection.heads.front().centroid.size();
-    Matrix keys(projection.heads.size(), dim);
-    std::vector<std::size_t> rows, head_of;
+    Matrix keys(0, dim);
+    std::vector<std::size_t> head_of_key, rows, head_of;
     for (std::size_t h = 0; h < projection.heads.size(); ++h) {
-      std::copy(projection.heads[h].centroid.begin(), projection.heads[h].centroid.end(), keys.row(h));
+      if (per_head > 1) {
+        const Matrix sub = kmeans_sub_keys(gather(q_emb, head_groups[h]->questions), per_head);
+        keys.data.insert(keys.data.end(), sub.data.begin(), sub.data.end());
+        keys.rows += sub.rows;
+        head_of_key.insert(head_of_key.end(), sub.rows, h);
+      } else {
+        keys.data.insert(keys.data.end(), projection.heads[h].centroid.begin(), projection.heads[h].centroid.end());
+        ++keys.rows;
+        head_of_key.push_back(h);
+      }
       for (std::size_t r : head_groups[h]->questions) {
         rows.push_back(r);
         head_of.push_back(h);
       }
     }
-    report.keys = learn_keys(keys, gather(q_emb, rows), head_of, options.temperature,
-                             KeyLearningOptions{options.key_epochs, options.key_lr});
-    for (std::size_t h = 0; h < projection.heads.size(); ++h) {
-      projection.heads[h].centroid.assign(keys.row(h), keys.row(h) + dim);
+    Matrix adapter;
+    if (options.key_epochs > 0) {
+      KeyLearningOptions learning{options.key_epochs, options.key_lr, options.adapter_lr, options.adapter_decay};
+      report.keys = learn_keys(keys, head_of_key, options.query_adapter ? &adapter : nullptr, gather(q_emb, rows),
+                               head_of, options.temperature, learning);
+      metrics["learned_keys"] = {{"epochs", report.keys.epochs}, {"lr", options.key_lr},
+                                 {"initial_accuracy", report.keys.initial_accuracy},
+                                 {"final_accuracy", report.keys.final_accuracy},
+                                 {"initial_loss", report.keys.initial_loss}, {"final_loss", report.keys.final_loss}};
     }
-    metrics["learned_keys"] = {{"epochs", report.keys.epochs}, {"lr", options.key_lr},
-                               {"initial_accuracy", report.keys.initial_accuracy},
-                               {"final_accuracy", report.keys.final_accuracy},
-                               {"initial_loss", report.keys.initial_loss}, {"final_loss", report.keys.final_loss}};
+    if (per_head > 1) {
+      // The heads keep their question centroids for whatever reads one key
+      // per head (domains, distill); the teacher routes with the sub-keys.
+      const auto rows_of_keys = static_cast<std::int64_t>(keys.rows);
+      projection.tensors.push_back({"sub_keys", {rows_of_keys, static_cast<std::int64_t>(dim)}, keys.data});
+      projection.tensors.push_back(
+          {"sub_key_heads", {rows_of_keys}, std::vector<float>(head_of_key.begin(), head_of_key.end())});
+      metrics["keys_per_head"] = per_head;
+    } else {
+      for (std::size_t h = 0; h < projection.heads.size(); ++h) {
+        projection.heads[h].centroid.assign(keys.row(h), keys.row(h) + dim);
+      }
+    }
+    if (options.query_adapter) {
+      const auto d = static_cast<std::int64_t>(dim);
+      projection.tensors.push_back({"query_adapter", {d, d}, adapter.data});
+      double norm = 0;
+      for (float v : adapter.data) norm += double(v) * v;
+      metrics["query_adapter"] = {{"lr", options.adapter_lr}, {"decay", options.adapter_decay},
+                                  {"frobenius_norm", std::sqrt(norm)}};
+    }
   }
   projection.metrics_json = metrics.dump();
   report.projection_id = store.save_projection(projection);
