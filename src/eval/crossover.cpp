@@ -171,6 +171,34 @@ HeadSet make_head_set(std::size_t clusters, std::size_t questions_per_cluster, s
   return set;
 }
 
+// Training a learned method at 100k heads takes minutes to most of an hour:
+// one status line per epoch shows it is moving.
+DistillObserver epoch_progress(const CrossoverOptions& o, const DistillOptions& options) {
+  DistillObserver observer;
+  if (!o.progress) return observer;
+  observer.on_epoch = [progress = o.progress, epochs = options.epochs](const DistillEpoch& e) {
+    char line[128];
+    std::snprintf(line, sizeof line, "  epoch %zu/%zu: validation cosine %.4f, %.0f s", e.epoch, epochs,
+                  e.validation_cosine, e.seconds);
+    progress(line);
+  };
+  return observer;
+}
+
+std::function<void(const EnsembleProgress&)> ensemble_progress(const CrossoverOptions& o) {
+  if (!o.progress) return {};
+  return [progress = o.progress](const EnsembleProgress& p) {
+    char line[160];
+    if (p.stage == "student") {
+      std::snprintf(line, sizeof line, "  student %zu/%zu: epoch %zu/%zu, loss %.5f", p.domain + 1, p.domains, p.epoch,
+                    p.epochs, p.loss);
+    } else {
+      std::snprintf(line, sizeof line, "  %s: epoch %zu/%zu, loss %.5f", p.stage.c_str(), p.epoch, p.epochs, p.loss);
+    }
+    progress(line);
+  };
+}
+
 std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& o) {
   return {
       {"dense-teacher",
@@ -186,7 +214,7 @@ std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& o) {
          options.config.dim = dense.dim();
          options.threads = o.threads;
          return std::make_unique<StudentMethod>(
-             distill_student(dense, heads.questions, heads.question_head, options).weights);
+             distill_student(dense, heads.questions, heads.question_head, options, epoch_progress(o, options)).weights);
        }},
       {"ensemble",
        [o](const HeadSet& heads, const MultiHeadProjection& dense) {
@@ -203,7 +231,8 @@ std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& o) {
          options.threads = o.threads;
          options.seed = o.seed;
          return std::make_unique<EnsembleMethod>(
-             train_ensemble(dense, heads.questions, heads.question_head, assignment, options).weights);
+             train_ensemble(dense, heads.questions, heads.question_head, assignment, options, ensemble_progress(o))
+                 .weights);
        }},
       {"student-matched",
        [o](const HeadSet& heads, const MultiHeadProjection& dense) {
@@ -212,7 +241,7 @@ std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& o) {
          options.config = matched_student(o, dense.dim());
          options.threads = o.threads;
          return std::make_unique<StudentMethod>(
-             distill_student(dense, heads.questions, heads.question_head, options).weights);
+             distill_student(dense, heads.questions, heads.question_head, options, epoch_progress(o, options)).weights);
        }},
   };
 }
