@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "ensemble/router_train.hpp"
 #include "ldaproj/error.hpp"
@@ -64,11 +65,10 @@ struct Router {
   }
 };
 
-// MSE of the dense mix against the teacher plus kl_weight x KL(pooled || router).
-torch::Tensor router_loss(const Router& router, const torch::Tensor& x, const torch::Tensor& outputs,
-                          const torch::Tensor& targets, const torch::Tensor& pooled, double kl_weight) {
-  const torch::Tensor log_w = torch::log_softmax(router.logits(x), 1);
-  const torch::Tensor mix = (log_w.exp().unsqueeze(2) * outputs).sum(1);
+// MSE of a mix against the teacher plus kl_weight x KL(pooled || router), for
+// both the router's training and the fine-tuning.
+torch::Tensor mix_loss(const torch::Tensor& mix, const torch::Tensor& targets, const torch::Tensor& log_w,
+                       const torch::Tensor& pooled, double kl_weight) {
   torch::Tensor loss = (mix - targets).pow(2).sum(1).mean();
   if (kl_weight > 0.0) {
     const torch::Tensor kl = (pooled * (torch::log(pooled.clamp_min(1e-12)) - log_w)).sum(1).mean();
@@ -77,16 +77,33 @@ torch::Tensor router_loss(const Router& router, const torch::Tensor& x, const to
   return loss;
 }
 
+// The router's loss on the dense mix of frozen student outputs.
+torch::Tensor router_loss(const Router& router, const torch::Tensor& x, const torch::Tensor& outputs,
+                          const torch::Tensor& targets, const torch::Tensor& pooled, double kl_weight) {
+  const torch::Tensor log_w = torch::log_softmax(router.logits(x), 1);
+  const torch::Tensor mix = (log_w.exp().unsqueeze(2) * outputs).sum(1);
+  return mix_loss(mix, targets, log_w, pooled, kl_weight);
+}
+
+// Inference's sparse routing: the top-k domains by logit and their
+// renormalised weights.
+struct TopDomains {
+  torch::Tensor weights, index;  // n x k each
+};
+
+TopDomains top_domains_of(const torch::Tensor& logits, std::size_t top_domains) {
+  const auto k = static_cast<std::int64_t>(std::min<std::size_t>(top_domains, static_cast<std::size_t>(logits.size(1))));
+  const auto [top, index] = logits.topk(k, 1);
+  return {torch::softmax(top, 1), index};
+}
+
 // Mean cosine of the top-k renormalised mix against the teacher: what inference computes.
 double sparse_mix_cosine(const Router& router, const torch::Tensor& x, const torch::Tensor& outputs,
                          const torch::Tensor& targets, std::size_t top_domains) {
   torch::NoGradGuard no_grad;
-  const torch::Tensor logits = router.logits(x);
-  const auto k = static_cast<std::int64_t>(std::min<std::size_t>(top_domains, static_cast<std::size_t>(logits.size(1))));
-  const auto [top, index] = logits.topk(k, 1);
-  const torch::Tensor w = torch::softmax(top, 1);
+  const auto [w, index] = top_domains_of(router.logits(x), top_domains);
   const torch::Tensor chosen =
-      outputs.gather(1, index.unsqueeze(2).expand({index.size(0), k, outputs.size(2)}));
+      outputs.gather(1, index.unsqueeze(2).expand({index.size(0), index.size(1), outputs.size(2)}));
   const torch::Tensor mix = (w.unsqueeze(2) * chosen).sum(1);
   return torch::cosine_similarity(mix, targets, 1).mean().item<double>();
 }
@@ -101,9 +118,7 @@ torch::Tensor sparse_student_mix(const Router& router, const Students& students,
                                  std::size_t top_domains, torch::Tensor* log_weights = nullptr) {
   const torch::Tensor logits = router.logits(x);
   if (log_weights) *log_weights = torch::log_softmax(logits, 1);
-  const auto k = static_cast<std::int64_t>(std::min<std::size_t>(top_domains, static_cast<std::size_t>(logits.size(1))));
-  const auto [top, index] = logits.topk(k, 1);
-  const torch::Tensor w = torch::softmax(top, 1);
+  const auto [w, index] = top_domains_of(logits, top_domains);
   torch::Tensor mix = torch::zeros({x.size(0), x.size(1)}, x.options());
   for (std::size_t d = 0; d < students.size(); ++d) {
     const torch::Tensor chosen = index.eq(static_cast<std::int64_t>(d)).to(w.scalar_type());
@@ -126,6 +141,62 @@ double sparse_student_cosine(const Router& router, const Students& students, con
     sum += torch::cosine_similarity(mix, targets.slice(0, begin, begin + kSlice), 1).sum().item<double>();
   }
   return sum / static_cast<double>(std::max<std::int64_t>(1, x.size(0)));
+}
+
+// What the two training stages share: AdamW steps over shuffled minibatches
+// with a cosine learning rate, one validation per epoch, and early stopping
+// after `patience` epochs without a better validation cosine.
+struct EpochLoop {
+  const char* stage;  // for progress
+  double lr;
+  std::size_t epochs, batch_size, patience;
+  std::uint64_t seed;
+};
+
+struct EpochLoopResult {
+  std::size_t epochs_run = 0, best_epoch = 0;
+  double best_cosine = 0.0;
+};
+
+EpochLoopResult run_epochs(torch::optim::AdamW& optimizer, std::int64_t n, const EpochLoop& loop,
+                           double initial_cosine,
+                           const std::function<torch::Tensor(const torch::Tensor& rows)>& batch_loss,
+                           const std::function<double()>& validation_cosine, const std::function<void()>& keep_best,
+                           const std::function<void(const EnsembleProgress&)>& progress) {
+  EpochLoopResult result;
+  result.best_cosine = initial_cosine;
+  const auto batch = static_cast<std::int64_t>(std::max<std::size_t>(1, loop.batch_size));
+  const std::int64_t steps_per_epoch = (n + batch - 1) / batch;
+  const double total_steps = static_cast<double>(steps_per_epoch) * static_cast<double>(loop.epochs);
+  torch::manual_seed(loop.seed);
+  std::size_t since_best = 0;
+  std::int64_t step = 0;
+  for (std::size_t epoch = 1; epoch <= loop.epochs; ++epoch) {
+    const torch::Tensor order = torch::randperm(n, torch::kInt64);
+    double loss_sum = 0.0;
+    for (std::int64_t begin = 0; begin < n; begin += batch, ++step) {
+      const double lr = loop.lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / total_steps));
+      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+      const torch::Tensor rows = order.slice(0, begin, std::min(n, begin + batch));
+      optimizer.zero_grad();
+      const torch::Tensor loss = batch_loss(rows);
+      loss.backward();
+      optimizer.step();
+      loss_sum += loss.item<double>() * static_cast<double>(rows.size(0));
+    }
+    result.epochs_run = epoch;
+    const double cosine = validation_cosine();
+    if (progress) progress({loop.stage, 0, 0, epoch, loop.epochs, loss_sum / static_cast<double>(n)});
+    if (cosine > result.best_cosine) {
+      result.best_cosine = cosine;
+      result.best_epoch = epoch;
+      keep_best();
+      since_best = 0;
+    } else if (++since_best >= loop.patience) {
+      break;
+    }
+  }
+  return result;
 }
 
 }  // namespace
@@ -159,45 +230,23 @@ RouterResult train_router(const EnsembleWeights& weights, const RouterData& trai
 
   RouterResult result;
   result.initial_cosine = sparse_mix_cosine(router, vx, voutputs, vtargets, config.top_domains);
-  result.best_cosine = result.initial_cosine;
   result.router = weights.router;
 
   torch::optim::AdamW optimizer({router.w1, router.b1, router.w2, router.b2},
                                 torch::optim::AdamWOptions(options.router_lr).weight_decay(0.01));
-  const std::int64_t n = x.size(0);
-  const auto batch = static_cast<std::int64_t>(std::max<std::size_t>(1, options.router_batch_size));
-  const std::int64_t steps_per_epoch = (n + batch - 1) / batch;
-  const double total_steps = static_cast<double>(steps_per_epoch) * static_cast<double>(options.router_epochs);
-  torch::manual_seed(options.seed + 1);
-  std::size_t since_best = 0;
-  std::int64_t step = 0;
-  for (std::size_t epoch = 1; epoch <= options.router_epochs; ++epoch) {
-    const torch::Tensor order = torch::randperm(n, torch::kInt64);
-    double loss_sum = 0.0;
-    for (std::int64_t begin = 0; begin < n; begin += batch, ++step) {
-      const double lr = options.router_lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / total_steps));
-      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-      const torch::Tensor idx = order.slice(0, begin, std::min(n, begin + batch));
-      optimizer.zero_grad();
-      const torch::Tensor loss = router_loss(router, x.index_select(0, idx), outputs.index_select(0, idx),
-                                             targets.index_select(0, idx), pooled.index_select(0, idx),
-                                             options.router_kl_weight);
-      loss.backward();
-      optimizer.step();
-      loss_sum += loss.item<double>() * static_cast<double>(idx.size(0));
-    }
-    result.epochs_run = epoch;
-    const double cosine = sparse_mix_cosine(router, vx, voutputs, vtargets, config.top_domains);
-    if (progress) progress({"router", 0, 0, epoch, options.router_epochs, loss_sum / static_cast<double>(n)});
-    if (cosine > result.best_cosine) {
-      result.best_cosine = cosine;
-      result.best_epoch = epoch;
-      result.router = router.tensors(config);
-      since_best = 0;
-    } else if (++since_best >= options.router_patience) {
-      break;
-    }
-  }
+  const EpochLoop loop{"router", options.router_lr, options.router_epochs, options.router_batch_size,
+                       options.router_patience, options.seed + 1};
+  const EpochLoopResult run = run_epochs(
+      optimizer, x.size(0), loop, result.initial_cosine,
+      [&](const torch::Tensor& rows) {
+        return router_loss(router, x.index_select(0, rows), outputs.index_select(0, rows),
+                           targets.index_select(0, rows), pooled.index_select(0, rows), options.router_kl_weight);
+      },
+      [&] { return sparse_mix_cosine(router, vx, voutputs, vtargets, config.top_domains); },
+      [&] { result.router = router.tensors(config); }, progress);
+  result.epochs_run = run.epochs_run;
+  result.best_epoch = run.best_epoch;
+  result.best_cosine = run.best_cosine;
   return result;
 }
 
@@ -220,51 +269,30 @@ FineTuneResult fine_tune_ensemble(const EnsembleWeights& weights, const RouterDa
   result.router = weights.router;
   result.students = weights.students;
   result.initial_cosine = sparse_student_cosine(router, students, vx, vtargets, config.top_domains);
-  result.best_cosine = result.initial_cosine;
 
   // No weight decay: the students' keys and values are the teacher's memory,
   // and the runs are short.
   torch::optim::AdamW optimizer(parameters, torch::optim::AdamWOptions(options.fine_tune_lr).weight_decay(0.0));
-  const std::int64_t n = x.size(0);
-  const auto batch = static_cast<std::int64_t>(std::max<std::size_t>(1, options.router_batch_size));
-  const std::int64_t steps_per_epoch = (n + batch - 1) / batch;
-  const double total_steps = static_cast<double>(steps_per_epoch) * static_cast<double>(options.fine_tune_epochs);
-  torch::manual_seed(options.seed + 5);
-  std::size_t since_best = 0;
-  std::int64_t step = 0;
-  for (std::size_t epoch = 1; epoch <= options.fine_tune_epochs; ++epoch) {
-    const torch::Tensor order = torch::randperm(n, torch::kInt64);
-    double loss_sum = 0.0;
-    for (std::int64_t begin = 0; begin < n; begin += batch, ++step) {
-      const double lr = options.fine_tune_lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / total_steps));
-      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-      const torch::Tensor idx = order.slice(0, begin, std::min(n, begin + batch));
-      optimizer.zero_grad();
-      torch::Tensor log_w;
-      const torch::Tensor mix = sparse_student_mix(router, students, x.index_select(0, idx), config.top_domains, &log_w);
-      torch::Tensor loss = (mix - targets.index_select(0, idx)).pow(2).sum(1).mean();
-      if (options.router_kl_weight > 0.0) {
-        const torch::Tensor p = pooled.index_select(0, idx);
-        loss = loss + options.router_kl_weight * (p * (torch::log(p.clamp_min(1e-12)) - log_w)).sum(1).mean();
-      }
-      loss.backward();
-      optimizer.step();
-      loss_sum += loss.item<double>() * static_cast<double>(idx.size(0));
-    }
-    result.epochs_run = epoch;
-    const double cosine = sparse_student_cosine(router, students, vx, vtargets, config.top_domains);
-    if (progress) progress({"fine-tune", 0, 0, epoch, options.fine_tune_epochs, loss_sum / static_cast<double>(n)});
-    if (cosine > result.best_cosine) {
-      result.best_cosine = cosine;
-      result.best_epoch = epoch;
-      result.router = router.tensors(config);
-      result.students.clear();
-      for (const auto& s : students) result.students.push_back(s->weights());
-      since_best = 0;
-    } else if (++since_best >= options.router_patience) {
-      break;
-    }
-  }
+  const EpochLoop loop{"fine-tune", options.fine_tune_lr, options.fine_tune_epochs, options.router_batch_size,
+                       options.router_patience, options.seed + 5};
+  const EpochLoopResult run = run_epochs(
+      optimizer, x.size(0), loop, result.initial_cosine,
+      [&](const torch::Tensor& rows) {
+        torch::Tensor log_w;
+        const torch::Tensor mix = sparse_student_mix(router, students, x.index_select(0, rows), config.top_domains, &log_w);
+        return mix_loss(mix, targets.index_select(0, rows), log_w, pooled.index_select(0, rows),
+                        options.router_kl_weight);
+      },
+      [&] { return sparse_student_cosine(router, students, vx, vtargets, config.top_domains); },
+      [&] {
+        result.router = router.tensors(config);
+        result.students.clear();
+        for (const auto& s : students) result.students.push_back(s->weights());
+      },
+      progress);
+  result.epochs_run = run.epochs_run;
+  result.best_epoch = run.best_epoch;
+  result.best_cosine = run.best_cosine;
   return result;
 }
 
