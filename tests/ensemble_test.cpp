@@ -35,6 +35,25 @@ StudentConfig small_student(std::size_t dim) {
   return c;
 }
 
+// Training options for the 24-d toy: small students (4 x 4 keys), a 32-wide
+// router, one thread; the tests set epochs, samples and top-k.
+EnsembleOptions toy_training_options(std::size_t student_epochs, std::size_t student_samples,
+                                     std::size_t router_epochs, std::size_t top_domains) {
+  EnsembleOptions o;
+  o.student.config = small_student(24);
+  o.student.config.keys_per_head = 4;
+  o.student.epochs = student_epochs;
+  o.student.lr = 3e-3;
+  o.student.data.samples = student_samples;
+  o.router_hidden = 32;
+  o.router_epochs = router_epochs;
+  o.router_lr = 3e-3;
+  o.router_data.samples = 1024;
+  o.top_domains = top_domains;
+  o.threads = 1;
+  return o;
+}
+
 // An ensemble with random router and students (no training), `heads` heads
 // spread over the domains round-robin.
 EnsembleWeights random_ensemble(std::size_t dim, std::size_t domains, std::size_t top, std::size_t heads,
@@ -204,18 +223,8 @@ TEST(EnsembleTraining, FineTuningTrainsRouterAndStudentsTogether) {
   DomainOptions domain_options;
   domain_options.domains = 3;
   const DomainAssignment assignment = assign_domains(toy.teacher.centroids(), domain_options);
-  EnsembleOptions o;
-  o.student.config = small_student(24);
-  o.student.config.keys_per_head = 4;
-  o.student.epochs = 2;  // under-trained students leave the fine-tuning work to do
-  o.student.lr = 3e-3;
-  o.student.data.samples = 512;
-  o.router_hidden = 32;
-  o.router_epochs = 10;
-  o.router_lr = 3e-3;
-  o.router_data.samples = 1024;
-  o.top_domains = 2;
-  o.threads = 1;
+  // 2 student epochs: under-trained students leave the fine-tuning work to do.
+  EnsembleOptions o = toy_training_options(2, 512, 10, 2);
   const EnsembleReport frozen = train_ensemble(toy.teacher, toy.questions, toy.head_of_question, assignment, o);
   o.fine_tune_epochs = 10;
   o.fine_tune_lr = 3e-3;
@@ -255,18 +264,7 @@ TEST(EnsembleTraining, LearnsToReproduceTheFullTeacher) {
   DomainOptions domain_options;
   domain_options.domains = 3;
   const DomainAssignment assignment = assign_domains(toy.teacher.centroids(), domain_options);
-  EnsembleOptions o;
-  o.student.config = small_student(24);
-  o.student.config.keys_per_head = 4;
-  o.student.epochs = 15;
-  o.student.lr = 3e-3;
-  o.student.data.samples = 1024;
-  o.router_hidden = 32;
-  o.router_epochs = 30;
-  o.router_lr = 3e-3;
-  o.router_data.samples = 1024;
-  o.top_domains = 3;
-  o.threads = 1;
+  const EnsembleOptions o = toy_training_options(15, 1024, 30, 3);
   const EnsembleReport r = train_ensemble(toy.teacher, toy.questions, toy.head_of_question, assignment, o);
   ASSERT_EQ(r.domains.size(), 3u);
   std::size_t heads = 0;

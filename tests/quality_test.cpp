@@ -67,12 +67,7 @@ class QualityStore : public testing_support::TempDirTest {
  protected:
   void SetUp() override {
     TempDirTest::SetUp();
-    SyntheticSpec spec;
-    spec.clusters = 30;
-    spec.questions_per_cluster = 6;
-    spec.dim = 32;
-    db_ = file("synth.db").string();
-    write_synthetic_store(spec, db_);
+    db_ = synthetic_store(30, 6, 32);
   }
   std::string db_;
 };

@@ -130,12 +130,7 @@ class RoutingOptionsStore : public testing_support::TempDirTest {
  protected:
   void SetUp() override {
     TempDirTest::SetUp();
-    SyntheticSpec spec;
-    spec.clusters = 12;
-    spec.questions_per_cluster = 8;
-    spec.dim = 16;
-    db_ = file("synth.db").string();
-    write_synthetic_store(spec, db_);
+    db_ = synthetic_store(12, 8, 16);
   }
   Matrix questions(const Store& store) const {
     return store.embeddings(store.find_model("synthetic")->id, EntityKind::Question).vectors;

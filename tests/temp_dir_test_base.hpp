@@ -8,6 +8,8 @@
 #include <random>
 #include <string>
 
+#include "ldaproj/synthetic.hpp"
+
 namespace ldaproj::testing_support {
 
 class TempDirTest : public ::testing::Test {
@@ -31,6 +33,18 @@ class TempDirTest : public ::testing::Test {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out << content;
     return path;
+  }
+
+  // A database of synthetic clusters (`ldaproj synth`'s generator) in the
+  // scratch directory; returns its path.
+  std::string synthetic_store(std::size_t clusters, std::size_t questions_per_cluster, std::size_t dim) const {
+    SyntheticSpec spec;
+    spec.clusters = clusters;
+    spec.questions_per_cluster = questions_per_cluster;
+    spec.dim = dim;
+    const std::string db = file("synth.db").string();
+    write_synthetic_store(spec, db);
+    return db;
   }
 
   std::filesystem::path dir_;
