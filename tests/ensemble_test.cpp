@@ -229,6 +229,9 @@ TEST(EnsembleTraining, FineTuningTrainsRouterAndStudentsTogether) {
   o.fine_tune_epochs = 10;
   o.fine_tune_lr = 3e-3;
   const EnsembleReport tuned = train_ensemble(toy.teacher, toy.questions, toy.head_of_question, assignment, o);
+  EnsembleOptions no_lr = o;
+  no_lr.fine_tune_lr = 0.0;
+  EXPECT_THROW(train_ensemble(toy.teacher, toy.questions, toy.head_of_question, assignment, no_lr), InputError);
   EXPECT_EQ(frozen.fine_tune_epochs_run, 0u);
   EXPECT_GT(tuned.fine_tune_epochs_run, 0u);
   // The torch students' sparse mix is the lean forward's: before fine-tuning
