@@ -39,10 +39,11 @@ void search_or_project(const std::string& body_text, const Limits& limits, bool 
   const auto body = api::parse_object(body_text);
   if (search) {
     api::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "top_k", "temperature",
-                                      "include_routing", "routing_top"});
+                                      "include_routing", "routing_top", "reject_below", "blend_questions",
+                                      "blend_direct"});
   } else {
     api::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "temperature",
-                                      "routing_top"});
+                                      "routing_top", "blend_questions", "blend_direct"});
   }
   // The handler then looks the name up with parse_method (422 unknown_method).
   (void)api::read_string(body, "method");
@@ -53,6 +54,12 @@ void search_or_project(const std::string& body_text, const Limits& limits, bool 
     if (top_k < 1 || top_k > limits.max_top_k) std::abort();
   }
   if (const auto t = api::read_temperature(body); t && !(std::isfinite(*t) && *t > 0)) std::abort();
+  if (search) {
+    if (const auto x = api::read_number(body, "reject_below"); x && !std::isfinite(*x)) std::abort();
+  }
+  for (const char* blend : {"blend_questions", "blend_direct"}) {
+    if (const auto b = api::read_fraction(body, blend); b && !(*b >= 0.0f && *b < 1.0f)) std::abort();
+  }
   if (search) (void)api::read_flag(body, "include_routing", false);
   const std::size_t routing_top = api::read_count(body, "routing_top", 8, 1, 100000);
   if (routing_top < 1 || routing_top > 100000) std::abort();

@@ -252,6 +252,155 @@ TEST_F(ServeTest, SearchRejectsOutOfScopeQueriesBelowTheThreshold) {
   expect_error(post("/v1/search", json{{"text", "x"}, {"reject_below", "high"}}), 400, "invalid_field");
 }
 
+// Blends of multi-head with question routing and the direct cosine: the server ranks as the
+// library's Searcher with the same options on the same store, and echoes what it used.
+TEST_F(ServeTest, SearchBlendsRankAsTheLibraryDoes) {
+  start();
+  const std::vector<std::string> texts = {"how do I get my password back", "my photos stopped uploading",
+                                          "can someone else see my albums", "I was charged twice this month"};
+  // The server's embeddings, given back to it and to the library: both rank the same vectors.
+  const Reply embedded = post("/v1/embed", json{{"texts", texts}});
+  ASSERT_EQ(embedded.status, 200) << embedded.raw;
+  const json& list = embedded.body["embeddings"];
+  Matrix queries(texts.size(), 384);
+  for (std::size_t i = 0; i < queries.rows; ++i) {
+    for (std::size_t j = 0; j < queries.cols; ++j) queries(i, j) = list[i][j].get<float>();
+  }
+  Store store = Store::open_read_only(db_);
+  SearcherOptions single_threaded;  // as the server runs it
+  single_threaded.teacher.threads = 1;
+  single_threaded.answer_index.threads = 1;
+  const Searcher searcher = Searcher::load(store, "", single_threaded);
+
+  // Without the fields nothing is blended or echoed.
+  Reply r = post("/v1/search", json{{"embeddings", list}});
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_FALSE(r.body.contains("blend_questions")) << r.raw;
+  EXPECT_FALSE(r.body.contains("blend_direct")) << r.raw;
+
+  SearchOptions plain;
+  plain.top_k = 10;
+  plain.routing_top = 5;
+  const auto unblended = searcher.search(queries, plain);
+  for (const auto& [questions, direct] : {std::pair{0.3f, 0.0f}, std::pair{0.0f, 0.2f}, std::pair{0.5f, 0.4f}}) {
+    SCOPED_TRACE("blend_questions " + std::to_string(questions) + ", blend_direct " + std::to_string(direct));
+    r = post("/v1/search", json{{"embeddings", list}, {"top_k", 10}, {"include_routing", true}, {"routing_top", 5},
+                                {"blend_questions", questions}, {"blend_direct", direct}});
+    ASSERT_EQ(r.status, 200) << r.raw;
+    EXPECT_FLOAT_EQ(r.body["blend_questions"].get<float>(), questions);
+    EXPECT_FLOAT_EQ(r.body["blend_direct"].get<float>(), direct);
+    SearchOptions o = plain;
+    o.blend_questions = questions;
+    o.blend_direct = direct;
+    const auto expected = searcher.search(queries, o);
+    bool blended = false;  // the blend changed a score, so the comparison says something
+    for (std::size_t q = 0; q < texts.size(); ++q) {
+      const json& got = r.body["results"][q];
+      ASSERT_EQ(got["answers"].size(), expected[q].answers.size());
+      for (std::size_t i = 0; i < expected[q].answers.size(); ++i) {
+        EXPECT_EQ(got["answers"][i]["cluster"], expected[q].answers[i].cluster) << q << " " << i;
+        EXPECT_NEAR(got["answers"][i]["score"].get<double>(), expected[q].answers[i].score, 1e-5);
+        blended = blended || std::abs(expected[q].answers[i].score - unblended[q].answers[i].score) > 1e-3;
+      }
+      ASSERT_EQ(got["routing"].size(), expected[q].routing.size());
+      for (std::size_t i = 0; i < expected[q].routing.size(); ++i) {
+        EXPECT_EQ(got["routing"][i]["cluster"], expected[q].routing[i].cluster);
+        EXPECT_NEAR(got["routing"][i]["weight"].get<double>(), expected[q].routing[i].weight, 1e-5);
+      }
+    }
+    EXPECT_TRUE(blended);
+
+    // /v1/project returns the blended vector the answers were ranked by.
+    r = post("/v1/project", json{{"embedding", list[0]}, {"blend_questions", questions}, {"blend_direct", direct}});
+    ASSERT_EQ(r.status, 200) << r.raw;
+    EXPECT_FLOAT_EQ(r.body["blend_direct"].get<float>(), direct);
+    Matrix first(1, queries.cols);
+    std::copy(queries.row(0), queries.row(0) + queries.cols, first.row(0));
+    const Matrix projected = searcher.project(first, o);
+    ASSERT_EQ(r.body["embedding"].size(), projected.cols);
+    for (std::size_t j = 0; j < projected.cols; ++j) {
+      ASSERT_NEAR(r.body["embedding"][j].get<double>(), projected(0, j), 1e-5) << j;
+    }
+  }
+}
+
+TEST_F(ServeTest, BlendDefaultsFromTheCommandLineApplyToMultiHeadOnly) {
+  ServerOptions bad;
+  bad.blend_questions = 1.0f;
+  bad.db = db_;
+  EXPECT_THROW(Server{bad}, InputError);
+
+  ServerOptions options;
+  options.blend_direct = 0.25f;
+  start(options);
+  const Reply embedded = post("/v1/embed", json{{"text", "how do I get my password back"}});
+  ASSERT_EQ(embedded.status, 200) << embedded.raw;
+  Matrix query(1, 384);
+  for (std::size_t j = 0; j < 384; ++j) query(0, j) = embedded.body["embedding"][j].get<float>();
+  Store store = Store::open_read_only(db_);
+  const Searcher searcher = Searcher::load(store);
+
+  // The default is used and echoed; a request's own value overrides it.
+  for (const auto& [body_blend, used] : {std::pair{json(), 0.25f}, std::pair{json(0.0), 0.0f}}) {
+    json body{{"embedding", embedded.body["embedding"]}, {"top_k", 5}};
+    if (!body_blend.is_null()) body["blend_direct"] = body_blend;
+    const Reply r = post("/v1/search", body);
+    ASSERT_EQ(r.status, 200) << r.raw;
+    EXPECT_FLOAT_EQ(r.body["blend_direct"].get<float>(), used) << r.raw;
+    EXPECT_FALSE(r.body.contains("blend_questions")) << r.raw;
+    SearchOptions o;
+    o.blend_direct = used;
+    const auto expected = searcher.search(query, o);
+    ASSERT_EQ(r.body["answers"].size(), expected[0].answers.size());
+    for (std::size_t i = 0; i < expected[0].answers.size(); ++i) {
+      EXPECT_EQ(r.body["answers"][i]["cluster"], expected[0].answers[i].cluster);
+      EXPECT_NEAR(r.body["answers"][i]["score"].get<double>(), expected[0].answers[i].score, 1e-5);
+    }
+  }
+  // Other methods do not blend: no error, nothing echoed.
+  const Reply r = post("/v1/search", json{{"text", "how do I get my password back"}, {"method", "direct"}});
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_FALSE(r.body.contains("blend_direct")) << r.raw;
+  const Reply info = get("/v1/info");
+  EXPECT_FLOAT_EQ(info.body["blend_direct"].get<float>(), 0.25f) << info.raw;
+  EXPECT_FLOAT_EQ(info.body["blend_questions"].get<float>(), 0.0f) << info.raw;
+}
+
+TEST_F(ServeTest, BadBlendsAreRefusedNamingTheField) {
+  start();
+  auto expect_refused = [](const Reply& r, int status, const std::string& code, const std::string& field) {
+    expect_error(r, status, code);
+    const std::string message = r.body.is_object() ? r.body["error"].value("message", "") : "";
+    EXPECT_NE(message.find("\"" + field + "\""), std::string::npos) << r.raw;
+  };
+  for (const std::string field : {"blend_questions", "blend_direct"}) {
+    for (const std::string endpoint : {"/v1/search", "/v1/project"}) {
+      SCOPED_TRACE(endpoint + " " + field);
+      const json query{{"text", "how do I get my password back"}};
+      auto with = [&](const json& value, const char* method = nullptr) {
+        json body = query;
+        body[field] = value;
+        if (method) body["method"] = method;
+        return post(endpoint, body);
+      };
+      expect_refused(with("a little"), 400, "invalid_field", field);
+      expect_refused(with(json::array({0.1})), 400, "invalid_field", field);
+      for (const double out_of_range : {1.0, -0.1, 0.99999999, 7.0, 1e300}) {
+        expect_refused(with(out_of_range), 422, "invalid_value", field);
+      }
+      // Only multi-head blends; other methods refuse a non-zero weight rather than ignore it.
+      const Reply other = with(0.3, "direct");
+      expect_refused(other, 422, "invalid_value", field);
+      EXPECT_NE(other.body["error"].value("message", "").find("multi-head"), std::string::npos) << other.raw;
+      expect_refused(with(0.3, "question-routing"), 422, "invalid_value", field);
+      EXPECT_EQ(with(0.0, "direct").status, 200);
+      EXPECT_EQ(with(nullptr).status, 200);  // null is absent, as for the other optional fields
+      EXPECT_EQ(with(0.9).status, 200);
+    }
+  }
+  expect_still_serving();
+}
+
 TEST_F(ServeTest, ProjectAndEmbed) {
   start();
   Reply r = post("/v1/project", json{{"text", "how do I get my password back"}});
@@ -659,11 +808,14 @@ TEST_F(ServeBinary, ReloadsOnSighupAndStopsOnSigterm) {
 TEST(ServeCli, HelpAndUsage) {
   const auto help = testing_support::run_cli("serve --help");
   EXPECT_EQ(help.code, 0);
-  for (const char* flag : {"--db", "--host", "--port", "--threads", "--api-key", "--max-body-bytes"}) {
+  for (const char* flag : {"--db", "--host", "--port", "--threads", "--api-key", "--max-body-bytes", "--blend-questions",
+                           "--blend-direct"}) {
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag << "\n" << help.out;
   }
   EXPECT_EQ(testing_support::run_cli("serve").code, 2);  // --db is required
   EXPECT_EQ(testing_support::run_cli("serve --db x.db --port 70000").code, 2);
+  EXPECT_EQ(testing_support::run_cli("serve --db x.db --blend-direct 1").code, 2);
+  EXPECT_EQ(testing_support::run_cli("serve --db x.db --blend-questions -0.5").code, 2);
   const auto missing = testing_support::run_cli("serve --db /nonexistent/none.db --port 0");
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.out.find("does not exist"), std::string::npos) << missing.out;

@@ -28,6 +28,10 @@ struct ServerOptions {
   std::size_t max_text_bytes = 4096;    // per text, UTF-8 bytes
   std::size_t max_top_k = 100;
   int timeout_seconds = 10;             // reading a request / writing a response
+  // multi-head's blends (SearchOptions::blend_questions / blend_direct) for
+  // requests that do not give blend_questions / blend_direct; each in [0, 1).
+  float blend_questions = 0.0f;
+  float blend_direct = 0.0f;
   // Called with one line per request (method, path, status, milliseconds)
   // when set; may run on any worker thread, one call at a time.
   std::function<void(const std::string&)> access_log;

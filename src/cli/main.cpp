@@ -1275,6 +1275,12 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   serve_cmd->add_option("--timeout", serve_options.timeout_seconds, "Seconds to read a request or write a response")
       ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--blend-questions", serve_options.blend_questions,
+                        "multi-head: default of the request field blend_questions (see `query --help`)")
+      ->capture_default_str()->check(CLI::Range(0.0, 0.999));
+  serve_cmd->add_option("--blend-direct", serve_options.blend_direct,
+                        "multi-head: default of the request field blend_direct (see `query --help`)")
+      ->capture_default_str()->check(CLI::Range(0.0, 0.999));
   serve_cmd->add_flag("--log", serve_log, "Print one line per request to standard error");
   serve_cmd->footer(
       "Endpoints: POST /v1/search, /v1/project, /v1/embed, /v1/reload; GET /v1/clusters, /v1/info,\n"

@@ -187,6 +187,15 @@ std::optional<float> read_number(const json& body, const char* field) {
   return static_cast<float>(x);
 }
 
+std::optional<float> read_fraction(const json& body, const char* field) {
+  const std::optional<float> x = read_number(body, field);
+  if (x && !(*x >= 0.0f && *x < 1.0f)) {
+    throw ApiError(422, "invalid_value", std::string("field \"") + field + "\" must be at least 0 and less than 1, got " +
+                                             body.at(field).dump());
+  }
+  return x;
+}
+
 bool read_flag(const json& body, const char* field, bool fallback) {
   if (!body.contains(field)) return fallback;
   const json& v = body.at(field);

@@ -61,6 +61,9 @@ std::size_t read_count(const nlohmann::json& body, const char* field, std::size_
 std::optional<float> read_temperature(const nlohmann::json& body);
 // Any finite number (422 invalid_value otherwise); nullopt when absent or null.
 std::optional<float> read_number(const nlohmann::json& body, const char* field);
+// A number in [0, 1) (a blend weight; 422 invalid_value outside, checked after
+// rounding to float so 0.99999999 is refused too); nullopt when absent or null.
+std::optional<float> read_fraction(const nlohmann::json& body, const char* field);
 bool read_flag(const nlohmann::json& body, const char* field, bool fallback);
 std::optional<std::string> read_string(const nlohmann::json& body, const char* field);
 

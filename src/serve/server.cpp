@@ -431,6 +431,44 @@ struct Server::Impl {
     return o.method == Method::QuestionRouting ? o.question_temperature : o.temperature.value_or(m.info.temperature);
   }
 
+  // Which blends a response echoes: those the request gave, and the server's
+  // non-zero defaults it used.
+  struct BlendsShown {
+    bool questions = false, direct = false;
+  };
+
+  // multi-head's blends: the request's fields, else the server's defaults.
+  // Other methods do not blend, so a non-zero field with them is refused
+  // rather than silently ignored (0 means "no blend" for every method).
+  BlendsShown set_blends(SearchOptions& o, const json& body) const {
+    BlendsShown shown;
+    const struct {
+      const char* field;
+      float fallback;
+      float SearchOptions::*target;
+      bool BlendsShown::*echo;
+    } blends[] = {{"blend_questions", options.blend_questions, &SearchOptions::blend_questions, &BlendsShown::questions},
+                  {"blend_direct", options.blend_direct, &SearchOptions::blend_direct, &BlendsShown::direct}};
+    for (const auto& b : blends) {
+      const std::optional<float> given = serve::read_fraction(body, b.field);
+      if (o.method != Method::MultiHead) {
+        if (given && *given != 0.0f) {
+          throw ApiError(422, "invalid_value", std::string("field \"") + b.field +
+                                                   "\" applies to method multi-head only, not " +
+                                                   std::string(to_string(o.method)) + "; drop it or use multi-head");
+        }
+        continue;
+      }
+      o.*b.target = given.value_or(b.fallback);
+      shown.*b.echo = given.has_value() || b.fallback != 0.0f;
+    }
+    return shown;
+  }
+  static void echo_blends(json& out, const SearchOptions& o, BlendsShown shown) {
+    if (shown.questions) out["blend_questions"] = tidy(o.blend_questions);
+    if (shown.direct) out["blend_direct"] = tidy(o.blend_direct);
+  }
+
   Matrix queries_of(serve::QueryInput& in) const {
     if (!in.from_text()) return std::move(in.embeddings);
     return encoder.encode(in.texts);
@@ -439,7 +477,8 @@ struct Server::Impl {
   void search(httplib::Response& res, RequestContext& ctx) {
     const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "top_k",
-                                        "temperature", "include_routing", "routing_top", "reject_below"});
+                                        "temperature", "include_routing", "routing_top", "reject_below",
+                                        "blend_questions", "blend_direct"});
     const auto m = snapshot();
     const MethodInfo& method = pick_method(body, *m, ctx);
     serve::QueryInput in = serve::read_query_input(body, limits, m->info.dim, true);
@@ -448,6 +487,7 @@ struct Server::Impl {
     o.top_k = serve::read_count(body, "top_k", 5, 1, limits.max_top_k);
     set_temperature(o, serve::read_temperature(body));
     o.reject_below = serve::read_number(body, "reject_below");
+    const BlendsShown blends = set_blends(o, body);
     const bool routing = serve::read_flag(body, "include_routing", false);
     const std::size_t routing_top = serve::read_count(body, "routing_top", 8, 1, 100000);
     o.routing_top = routing ? routing_top : 0;
@@ -457,6 +497,7 @@ struct Server::Impl {
     json out{{"projection", m->info.projection}, {"method", to_string(o.method)}};
     if (method.routing) out["temperature"] = tidy(shown_temperature(o, *m));
     if (o.reject_below) out["reject_below"] = tidy(*o.reject_below);
+    echo_blends(out, o, blends);
     auto one = [&](std::size_t i) {
       json r{{"answers", answers_json(results[i].answers, *m)}};
       if (o.reject_below) {
@@ -479,7 +520,7 @@ struct Server::Impl {
   void project(httplib::Response& res, RequestContext& ctx) {
     const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "temperature",
-                                        "routing_top"});
+                                        "routing_top", "blend_questions", "blend_direct"});
     const auto m = snapshot();
     const MethodInfo& method = pick_method(body, *m, ctx);
     serve::QueryInput in = serve::read_query_input(body, limits, m->info.dim, true);
@@ -489,11 +530,13 @@ struct Server::Impl {
     set_temperature(o, serve::read_temperature(body));
     o.routing_top = serve::read_count(body, "routing_top", m->info.heads, 1, 100000);
     o.include_projection = true;
+    const BlendsShown blends = set_blends(o, body);
     ctx.queries = in.size();
     const auto results = m->searcher.search(queries_of(in), o);
 
     json out{{"projection", m->info.projection}, {"method", to_string(o.method)}};
     if (method.routing) out["temperature"] = tidy(shown_temperature(o, *m));
+    echo_blends(out, o, blends);
     auto one = [&](std::size_t i) {
       json r{{"embedding", tidy(results[i].projection.data(), results[i].projection.size())}};
       if (in.from_text()) r["query"] = in.texts[i];
@@ -542,6 +585,8 @@ struct Server::Impl {
             {"training_metrics", m.training_metrics},
             {"methods", methods},
             {"default_method", "multi-head"},
+            {"blend_questions", tidy(options.blend_questions)},
+            {"blend_direct", tidy(options.blend_direct)},
             {"generation", m.info.generation},
             {"loaded_at", m.loaded_at},
             {"version", LDAPROJ_VERSION},
@@ -647,6 +692,12 @@ Server::Server(ServerOptions options) {
   if (options.max_batch == 0 || options.max_text_bytes == 0 || options.max_top_k == 0 ||
       options.max_body_bytes == 0 || options.timeout_seconds <= 0) {
     throw InputError("server limits (batch, text bytes, top-k, body bytes, timeout) must be positive");
+  }
+  for (const auto& [flag, blend] : {std::pair{"--blend-questions", options.blend_questions},
+                                    std::pair{"--blend-direct", options.blend_direct}}) {
+    if (!(blend >= 0.0f && blend < 1.0f)) {
+      throw InputError(std::string(flag) + " must be at least 0 and less than 1, got " + std::to_string(blend));
+    }
   }
   EncoderOptions encoder_options;
   encoder_options.max_tokens = options.max_tokens;
