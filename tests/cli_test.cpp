@@ -233,6 +233,53 @@ TEST_F(CliDemo, EnsembleQueryValidateExportImport) {
   EXPECT_EQ(nlohmann::json::parse(r.out)["students"].size(), 0u);
 }
 
+// Students and ensembles learn one key per head from a teacher without an adapter, so distill and
+// ensemble refuse a projection trained with sub-keys or a query adapter, and leave the store as it
+// was: the student and ensemble of the plain projection stay, nothing new is added.
+TEST_F(CliDemo, DistillAndEnsembleRefuseSubKeysAndQueryAdapterProjections) {
+  const std::string db = (dir_ / "routing_options.db").string();
+  ldaproj::testing_support::copy_trained_demo_db(db);
+  ASSERT_EQ(run("distill --db " + db + " --heads 4 --keys-per-head 8 --samples 200 --epochs 1 --threads 1 --quiet").code,
+            0);
+  ASSERT_EQ(run("ensemble --db " + db + " --domains 2 --heads 2 --keys-per-head 4 --epochs 1 --samples 100 "
+                "--router-epochs 1 --router-samples 64 --threads 1 --quiet")
+                .code,
+            0);
+  // Each training makes its projection the active one.
+  ASSERT_EQ(run("train --db " + db + " --name sub_keys --keys-per-head 2").code, 0);
+  ASSERT_EQ(run("train --db " + db + " --name adapted --learn-keys 2 --query-adapter").code, 0);
+
+  const CliRun before = run("stats --db " + db + " --json");
+  ASSERT_EQ(before.code, 0) << before.out;
+  const auto stats = nlohmann::json::parse(before.out);
+  ASSERT_EQ(stats["students"].size(), 1u) << before.out;
+  ASSERT_EQ(stats["ensembles"].size(), 1u) << before.out;
+  const std::string plain = stats["students"][0]["projection"];
+  EXPECT_EQ(stats["ensembles"][0]["projection"], plain);
+
+  // By name, and as the active projection (adapted).
+  for (const std::string projection : {" --projection sub_keys", " --projection adapted", ""}) {
+    for (const std::string& command :
+         {"distill --db " + db + projection + " --heads 4 --keys-per-head 8 --samples 200 --epochs 1 --threads 1",
+          "ensemble --db " + db + projection + " --domains 2 --heads 2 --keys-per-head 4 --epochs 1 --samples 100 "
+          "--router-epochs 1 --router-samples 64 --threads 1"}) {
+      SCOPED_TRACE(command);
+      const CliRun r = run(command);
+      EXPECT_EQ(r.code, 1) << r.out;
+      EXPECT_NE(r.out.find("routes with sub-keys or a query adapter"), std::string::npos) << r.out;
+      EXPECT_NE(r.out.find("distill and ensemble do not support"), std::string::npos) << r.out;
+      EXPECT_EQ(run("stats --db " + db + " --json").out, before.out);
+    }
+  }
+  // The plain projection's student and ensemble still answer.
+  for (const char* method : {"student", "ensemble"}) {
+    const CliRun r = run("query --db " + db + " --projection " + plain + " --method " + method +
+                         " --json \"how do I get my password back\"");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_FALSE(nlohmann::json::parse(r.out)["answers"].empty()) << r.out;
+  }
+}
+
 TEST(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run("").code, 2);
   EXPECT_EQ(run("frobnicate").code, 2);
