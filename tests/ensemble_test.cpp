@@ -226,6 +226,13 @@ TEST(EnsembleTraining, FineTuningTrainsRouterAndStudentsTogether) {
   // 2 student epochs: under-trained students leave the fine-tuning work to do.
   EnsembleOptions o = toy_training_options(2, 512, 10, 2);
   const EnsembleReport frozen = train_ensemble(toy.teacher, toy.questions, toy.head_of_question, assignment, o);
+  // Two domains run per query: no router can cover more than the heaviest two
+  // hold, and those hold at least two thirds of the mass when there are three.
+  EXPECT_EQ(assignment.domains(), 3u);
+  EXPECT_GE(frozen.routed_teacher_mass, 0.0);
+  EXPECT_LE(frozen.routed_teacher_mass, frozen.best_teacher_mass + 1e-6);
+  EXPECT_GE(frozen.best_teacher_mass, 2.0 / 3.0 - 1e-6);
+  EXPECT_LE(frozen.best_teacher_mass, 1.0 + 1e-6);
   o.fine_tune_epochs = 10;
   o.fine_tune_lr = 3e-3;
   const EnsembleReport tuned = train_ensemble(toy.teacher, toy.questions, toy.head_of_question, assignment, o);
@@ -275,6 +282,9 @@ TEST(EnsembleTraining, LearnsToReproduceTheFullTeacher) {
   EXPECT_EQ(heads, 24u);
   EXPECT_EQ(r.weights.domain_of_head, assignment.domain_of);
   EXPECT_GT(r.validation_cosine, r.router_initial_cosine);
+  // Every domain runs (top 3 of 3): the chosen domains hold all of the teacher's mass.
+  EXPECT_NEAR(r.routed_teacher_mass, 1.0, 1e-5);
+  EXPECT_NEAR(r.best_teacher_mass, 1.0, 1e-5);
 
   // On fresh queries near the heads, the ensemble agrees with the teacher
   // better than the untrained router did on validation.

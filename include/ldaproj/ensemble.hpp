@@ -133,6 +133,12 @@ struct EnsembleReport {
   std::size_t fine_tune_epochs_run = 0, fine_tune_best_epoch = 0;
   double fine_tune_initial_cosine = 0.0;  // router_cosine recomputed through the torch students
   double validation_cosine = 0.0;  // the final ensemble's (after fine-tuning when it ran)
+  // On the validation inputs: the share of the full teacher's routing mass
+  // that falls on the domains the final router runs, and the most any
+  // top_domains domains could hold. A gap means the router picks the wrong
+  // domains; a small gap with a low cosine means the students are the limit.
+  double routed_teacher_mass = 0.0;
+  double best_teacher_mass = 0.0;
   double seconds = 0.0;
 };
 

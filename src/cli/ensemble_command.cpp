@@ -104,6 +104,8 @@ int EnsembleCommand::run() {
                        {"fine_tune_epochs_run", r.fine_tune_epochs_run},
                        {"fine_tune_best_epoch", r.fine_tune_best_epoch},
                        {"validation_cosine", r.validation_cosine},
+                       {"routed_teacher_mass", r.routed_teacher_mass},
+                       {"best_teacher_mass", r.best_teacher_mass},
                        {"seconds", r.seconds},
                        {"domains", nlohmann::json::array()}};
     for (std::size_t d = 0; d < r.domains.size(); ++d) {
@@ -130,6 +132,9 @@ int EnsembleCommand::run() {
     std::printf("  fine-tuning: best epoch %zu of %zu; validation cosine %.4f\n", r.fine_tune_best_epoch,
                 r.fine_tune_epochs_run, r.validation_cosine);
   }
+  std::printf("  the chosen domains hold %.3f of the teacher's routing mass on validation inputs (the best %zu "
+              "domains: %.3f)\n",
+              r.routed_teacher_mass, std::min(c.top_domains, c.domains), r.best_teacher_mass);
   std::printf("  %.1fs in all; saved. next: ldaproj validate --db %s --test FILE --methods multi-head,ensemble\n",
               r.seconds, db.c_str());
   return 0;

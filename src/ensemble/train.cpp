@@ -4,6 +4,7 @@
 // projection, saved in one transaction.
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
@@ -56,6 +57,32 @@ RouterData router_data(const Matrix& inputs, const MultiHeadProjection& teacher,
   }
   for (const StudentModel& s : students) data.student_outputs.push_back(s.forward(inputs));
   return data;
+}
+
+struct TeacherMassCover {
+  double routed = 0.0, best = 0.0;
+};
+
+// Mean over the inputs of the teacher's routing mass on the domains the
+// router runs, and on the heaviest top_domains domains.
+TeacherMassCover teacher_mass_cover(const EnsembleModel& model, const RouterData& data) {
+  TeacherMassCover cover;
+  if (data.inputs.rows == 0) return cover;
+  Matrix used;
+  model.forward(data.inputs, 0, &used);
+  const std::size_t domains = data.pooled_routing.cols, k = model.domains_per_query();
+  std::vector<float> mass(domains);
+  for (std::size_t r = 0; r < data.inputs.rows; ++r) {
+    const float* pooled = data.pooled_routing.row(r);
+    for (std::size_t d = 0; d < domains; ++d)
+      if (used(r, d) > 0.0f) cover.routed += pooled[d];
+    mass.assign(pooled, pooled + domains);
+    std::partial_sort(mass.begin(), mass.begin() + static_cast<std::ptrdiff_t>(k), mass.end(), std::greater<>());
+    cover.best += std::accumulate(mass.begin(), mass.begin() + static_cast<std::ptrdiff_t>(k), 0.0);
+  }
+  cover.routed /= static_cast<double>(data.inputs.rows);
+  cover.best /= static_cast<double>(data.inputs.rows);
+  return cover;
 }
 
 void check_options(const EnsembleOptions& o, const DomainAssignment& assignment, std::size_t heads) {
@@ -185,8 +212,11 @@ EnsembleReport train_ensemble(const MultiHeadProjection& teacher, const Matrix& 
     report.fine_tune_initial_cosine = f.initial_cosine;
     report.validation_cosine = f.best_cosine;
   }
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   w.validate("the trained ensemble");
+  const TeacherMassCover cover = teacher_mass_cover(EnsembleModel(w), validation);
+  report.routed_teacher_mass = cover.routed;
+  report.best_teacher_mass = cover.best;
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }
 
@@ -234,6 +264,8 @@ StoreEnsembleReport train_projection_ensemble(Store& store, const std::string& p
                                {"fine_tune_epochs_run", r.fine_tune_epochs_run},
                                {"fine_tune_best_epoch", r.fine_tune_best_epoch},
                                {"validation_cosine", r.validation_cosine},
+                               {"routed_teacher_mass", r.routed_teacher_mass},
+                               {"best_teacher_mass", r.best_teacher_mass},
                                {"seconds", r.seconds}};
   store.save_ensemble(to_stored_ensemble(r.weights, projection.name, metrics.dump()));
   return out;
