@@ -63,6 +63,9 @@ struct Options {
   int parity_texts = 300;
   bool project_baseline = false;  // k = 0 with the project's recipe (full-batch Adam, 200 epochs)
   bool test = true;               // evaluate test for the val-chosen setting
+  // Best val key R@1 of earlier runs: test is evaluated only if this run's chosen setting beats it on
+  // val (otherwise an earlier run's setting stays the val-chosen one and test is not looked at again).
+  double val_to_beat = -1;
 };
 
 struct Layer {
@@ -270,7 +273,8 @@ void print_usage() {
       "  --taus T,...         softmax temperatures (swept)\n"
       "  --epochs N  --batch B  --dropout P  --weight-decay W  --seed S\n"
       "  --parity-texts N     texts compared with ldaproj::Encoder first (0 = skip)\n"
-      "  --no-test            never evaluate test");
+      "  --no-test            never evaluate test\n"
+      "  --val-to-beat V      evaluate test only if the chosen val key R@1 exceeds V (best of earlier runs)");
 }
 
 Options parse(int argc, char** argv) {
@@ -296,6 +300,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--parity-texts") o.parity_texts = std::stoi(next());
     else if (a == "--project-baseline") o.project_baseline = true;
     else if (a == "--no-test") o.test = false;
+    else if (a == "--val-to-beat") o.val_to_beat = std::stod(next());
     else if (a == "--help" || a == "-h") print_usage(), std::exit(0);
     else throw std::runtime_error("unknown option " + a + " (see --help)");
   }
@@ -518,7 +523,12 @@ int main(int argc, char** argv) try {
     if (r.best_val.key_r1 > results[best].best_val.key_r1) best = i;
   }
   const RunResult& chosen = results[best];
-  if (opt.test) {
+  if (opt.test && chosen.best_val.key_r1 <= opt.val_to_beat) {
+    std::printf("CHOSEN k %d tau %.3f key-lr %.0e layer-lr %.0e epoch %d: val key R@1 %.2f does not beat %.2f of an "
+                "earlier run; test not evaluated\n",
+                opt.layers, chosen.tau, chosen.key_lr, chosen.layer_lr, chosen.best_epoch, chosen.best_val.key_r1,
+                opt.val_to_beat);
+  } else if (opt.test) {
     const Scores t = score(encode_all(test, chosen.best_layers), test_y, chosen.best_keys,
                            encode_all(answers, chosen.best_layers), chosen.tau);
     std::printf("CHOSEN k %d tau %.3f key-lr %.0e layer-lr %.0e epoch %d: val key R@1 %.2f (teacher %.2f), "
