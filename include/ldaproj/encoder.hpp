@@ -29,6 +29,10 @@ struct EncoderOptions {
 // explaining how to install or point at a model when nothing is found.
 std::filesystem::path resolve_model_dir(const std::filesystem::path& explicit_dir = {});
 
+// The weights file of a model directory: model.safetensors, else
+// model.fp16.safetensors; InputError when it has neither.
+std::filesystem::path model_weights_file(const std::filesystem::path& dir);
+
 class Encoder {
  public:
   // Loads config.json, tokenizer.json and model.safetensors (or

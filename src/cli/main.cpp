@@ -23,6 +23,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cli/fine_tune_command.hpp"
 #include "cli/progress.hpp"
 #include "cli/scale_commands.hpp"
 #include "ldaproj/distill.hpp"
@@ -1295,6 +1296,8 @@ int main(int argc, char** argv) {
   domains.add_to(app);
   EnsembleCommand ensemble;
   ensemble.add_to(app);
+  FineTuneEncoderCommand fine_tune;
+  fine_tune.add_to(app);
 
   try {
     app.parse(argc, argv);
@@ -1332,6 +1335,7 @@ int main(int argc, char** argv) {
     if (*crossover.command) return crossover.run();
     if (*domains.command) return domains.run();
     if (*ensemble.command) return ensemble.run();
+    if (*fine_tune.command) return fine_tune.run();
   } catch (const ldaproj::InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -191,6 +191,13 @@ Encoder::Encoder(Encoder&&) noexcept = default;
 Encoder& Encoder::operator=(Encoder&&) noexcept = default;
 Encoder::~Encoder() = default;
 
+fs::path model_weights_file(const fs::path& dir) {
+  for (const char* name : {"model.safetensors", "model.fp16.safetensors"}) {
+    if (fs::is_regular_file(dir / name)) return dir / name;
+  }
+  throw InputError("model directory " + dir.string() + " has no model.safetensors (or model.fp16.safetensors)");
+}
+
 Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
   for (const char* needed : {"config.json", "tokenizer.json"}) {
     if (!fs::is_regular_file(dir / needed)) {
@@ -198,17 +205,7 @@ Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
                        "; a model directory needs config.json, tokenizer.json and model.safetensors");
     }
   }
-  fs::path weights;
-  for (const char* name : {"model.safetensors", "model.fp16.safetensors"}) {
-    if (fs::is_regular_file(dir / name)) {
-      weights = dir / name;
-      break;
-    }
-  }
-  if (weights.empty()) {
-    throw InputError("model directory " + dir.string() +
-                     " has no model.safetensors (or model.fp16.safetensors)");
-  }
+  const fs::path weights = model_weights_file(dir);
 
   const std::string cfg_file = (dir / "config.json").string();
   nlohmann::json cfg;
