@@ -2,11 +2,12 @@
 // the sentence encoder, together with one unit key per intent, lift CLINC150
 // intent accuracy above the frozen encoder with learned keys?
 //
-// The BERT forward is re-implemented in libtorch from the same safetensors
-// weights as ldaproj::Encoder (a parity check against it runs first). Layers
-// 1..6-k stay frozen and run once; their output is cached and only the last k
-// layers and the keys are trained (cross-entropy of softmax(cos(q, key)/tau)
-// over the intents, AdamW, mini-batches). Every choice (lr, tau, epoch) is
+// The BERT forward is the library's libtorch one (src/embed/torch_bert.hpp,
+// the same as `ldaproj finetune-encoder` uses); a parity check against
+// ldaproj::Encoder runs first. Layers 1..6-k stay frozen and run once; their
+// output is cached and only the last k layers and the keys are trained
+// (cross-entropy of softmax(cos(q, key)/tau) over the intents, AdamW,
+// mini-batches). Every choice (lr, tau, epoch) is
 // made on val; test is evaluated once, for the val-chosen setting only.
 //
 // Build:  nice cmake -S . -B build -DLDAPROJ_BUILD_EXPERIMENTS=ON && nice cmake --build build --target finetune_encoder -j2
@@ -27,14 +28,16 @@
 #include <string>
 #include <vector>
 
+#include "embed/torch_bert.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/safetensors.hpp"
 #include "ldaproj/tokenizer.hpp"
 
 namespace {
 
-constexpr std::int64_t kHidden = 384, kHeads = 12, kHeadDim = kHidden / kHeads, kLayers = 6;
-constexpr double kLayerNormEps = 1e-12;
+constexpr int kLayers = 6;
+using ldaproj::detail::TorchBert;
+using Layer = ldaproj::detail::TorchBertLayer;
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -68,167 +71,12 @@ struct Options {
   double val_to_beat = -1;
 };
 
-struct Layer {
-  torch::Tensor wq, bq, wk, bk, wv, bv, wo, bo, ln1_g, ln1_b, wi, bi, wout, bout, ln2_g, ln2_b;
-  std::vector<torch::Tensor*> all() {
-    return {&wq, &bq, &wk, &bk, &wv, &bv, &wo, &bo, &ln1_g, &ln1_b, &wi, &bi, &wout, &bout, &ln2_g, &ln2_b};
-  }
-  Layer trainable_copy() const {
-    Layer c = *this;
-    for (torch::Tensor* t : c.all()) *t = t->detach().clone().set_requires_grad(true);
-    return c;
-  }
-  Layer snapshot() const {
-    Layer c = *this;
-    for (torch::Tensor* t : c.all()) *t = t->detach().clone();
-    return c;
-  }
-};
-
-struct Bert {
-  torch::Tensor word, position, token_type0, emb_g, emb_b;
-  std::vector<Layer> layers;
-};
-
-Bert load_bert(const std::filesystem::path& weights) {
-  const auto st = ldaproj::SafeTensorsFile::open(weights);
-  const std::string prefix = st.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "";
-  auto load = [&](const std::string& name) {
-    const ldaproj::TensorInfo& info = st.info(prefix + name);
-    std::vector<float> v = st.load_f32(prefix + name);
-    return torch::from_blob(v.data(), info.shape, torch::kFloat32).clone();
-  };
-  Bert b;
-  b.word = load("embeddings.word_embeddings.weight");
-  b.position = load("embeddings.position_embeddings.weight");
-  b.token_type0 = load("embeddings.token_type_embeddings.weight")[0].clone();
-  b.emb_g = load("embeddings.LayerNorm.weight");
-  b.emb_b = load("embeddings.LayerNorm.bias");
-  for (int i = 0; i < kLayers; ++i) {
-    const std::string p = "encoder.layer." + std::to_string(i) + ".";
-    Layer l;
-    l.wq = load(p + "attention.self.query.weight");
-    l.bq = load(p + "attention.self.query.bias");
-    l.wk = load(p + "attention.self.key.weight");
-    l.bk = load(p + "attention.self.key.bias");
-    l.wv = load(p + "attention.self.value.weight");
-    l.bv = load(p + "attention.self.value.bias");
-    l.wo = load(p + "attention.output.dense.weight");
-    l.bo = load(p + "attention.output.dense.bias");
-    l.ln1_g = load(p + "attention.output.LayerNorm.weight");
-    l.ln1_b = load(p + "attention.output.LayerNorm.bias");
-    l.wi = load(p + "intermediate.dense.weight");
-    l.bi = load(p + "intermediate.dense.bias");
-    l.wout = load(p + "output.dense.weight");
-    l.bout = load(p + "output.dense.bias");
-    l.ln2_g = load(p + "output.LayerNorm.weight");
-    l.ln2_b = load(p + "output.LayerNorm.bias");
-    b.layers.push_back(std::move(l));
-  }
-  return b;
-}
-
-// ids: B x T (pad 0), mask: B x T float (1 = token).
-torch::Tensor embed(const Bert& b, const torch::Tensor& ids) {
-  const std::int64_t t = ids.size(1);
-  torch::Tensor x = b.word.index_select(0, ids.reshape({-1})).reshape({ids.size(0), t, kHidden});
-  x = x + b.position.slice(0, 0, t).unsqueeze(0) + b.token_type0;
-  return torch::layer_norm(x, {kHidden}, b.emb_g, b.emb_b, kLayerNormEps);
-}
-
-torch::Tensor bert_layer(const Layer& l, const torch::Tensor& x, const torch::Tensor& mask, double dropout,
-                         bool training) {
-  const std::int64_t batch = x.size(0), t = x.size(1);
-  auto heads = [&](const torch::Tensor& y) { return y.view({batch, t, kHeads, kHeadDim}).transpose(1, 2); };
-  const torch::Tensor q = heads(torch::linear(x, l.wq, l.bq));
-  const torch::Tensor k = heads(torch::linear(x, l.wk, l.bk));
-  const torch::Tensor v = heads(torch::linear(x, l.wv, l.bv));
-  torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(double(kHeadDim));
-  scores = scores + ((1.0 - mask) * -1e9).view({batch, 1, 1, t});
-  torch::Tensor probs = torch::softmax(scores, -1);
-  probs = torch::dropout(probs, dropout, training);
-  const torch::Tensor ctx = torch::matmul(probs, v).transpose(1, 2).reshape({batch, t, kHidden});
-  torch::Tensor attn = torch::dropout(torch::linear(ctx, l.wo, l.bo), dropout, training);
-  const torch::Tensor h = torch::layer_norm(attn + x, {kHidden}, l.ln1_g, l.ln1_b, kLayerNormEps);
-  torch::Tensor ffn = torch::linear(torch::gelu(torch::linear(h, l.wi, l.bi)), l.wout, l.bout);
-  ffn = torch::dropout(ffn, dropout, training);
-  return torch::layer_norm(ffn + h, {kHidden}, l.ln2_g, l.ln2_b, kLayerNormEps);
-}
-
-torch::Tensor mean_pool_unit(const torch::Tensor& x, const torch::Tensor& mask) {
-  const torch::Tensor sum = (x * mask.unsqueeze(-1)).sum(1);
-  const torch::Tensor pooled = sum / mask.sum(1, true);
-  return torch::nn::functional::normalize(pooled, torch::nn::functional::NormalizeFuncOptions().dim(1));
-}
-
-torch::Tensor padded_ids(const std::vector<std::vector<std::int32_t>>& ids, const std::vector<std::int64_t>& rows,
-                         torch::Tensor& mask) {
-  std::size_t t = 0;
-  for (std::int64_t r : rows) t = std::max(t, ids[r].size());
-  torch::Tensor out = torch::zeros({std::int64_t(rows.size()), std::int64_t(t)}, torch::kLong);
-  mask = torch::zeros({std::int64_t(rows.size()), std::int64_t(t)}, torch::kFloat32);
-  auto o = out.accessor<std::int64_t, 2>();
-  auto m = mask.accessor<float, 2>();
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    const auto& seq = ids[rows[i]];
-    for (std::size_t j = 0; j < seq.size(); ++j) o[i][j] = seq[j], m[i][j] = 1.0f;
-  }
-  return out;
-}
-
-// Hidden states entering the first trained layer, one [len x hidden] tensor per
-// text (frozen layers run once, in length-sorted batches).
-std::vector<torch::Tensor> frozen_prefix(const Bert& b, const std::vector<std::vector<std::int32_t>>& ids,
-                                         int frozen_layers) {
-  torch::NoGradGuard no_grad;
-  std::vector<std::int64_t> order(ids.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](auto a, auto c) { return ids[a].size() < ids[c].size(); });
-  std::vector<torch::Tensor> out(ids.size());
-  for (std::size_t begin = 0; begin < order.size(); begin += 128) {
-    const std::vector<std::int64_t> rows(order.begin() + begin, order.begin() + std::min(order.size(), begin + 128));
-    torch::Tensor mask;
-    torch::Tensor x = embed(b, padded_ids(ids, rows, mask));
-    for (int l = 0; l < frozen_layers; ++l) x = bert_layer(b.layers[l], x, mask, 0.0, false);
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-      out[rows[i]] = x[std::int64_t(i)].slice(0, 0, std::int64_t(ids[rows[i]].size())).clone();
-    }
-  }
-  return out;
-}
-
 struct Split {
   std::vector<std::vector<std::int32_t>> ids;
   std::vector<std::int64_t> label;
   std::vector<std::string> text;
   std::vector<torch::Tensor> cached;  // hidden states entering the first trained layer
 };
-
-// Runs the trained layers over cached hidden states of `rows`; unit embeddings.
-torch::Tensor encode_rows(const Split& s, const std::vector<std::int64_t>& rows, const std::vector<Layer>& trained,
-                          double dropout, bool training) {
-  std::vector<torch::Tensor> seqs;
-  seqs.reserve(rows.size());
-  for (std::int64_t r : rows) seqs.push_back(s.cached[r]);
-  torch::Tensor x = torch::nn::utils::rnn::pad_sequence(seqs, /*batch_first=*/true);
-  torch::Tensor mask = torch::zeros({x.size(0), x.size(1)}, torch::kFloat32);
-  for (std::size_t i = 0; i < rows.size(); ++i) mask[std::int64_t(i)].slice(0, 0, seqs[i].size(0)).fill_(1.0f);
-  for (const Layer& l : trained) x = bert_layer(l, x, mask, dropout, training);
-  return mean_pool_unit(x, mask);
-}
-
-torch::Tensor encode_all(const Split& s, const std::vector<Layer>& trained) {
-  torch::NoGradGuard no_grad;
-  std::vector<std::int64_t> order(s.ids.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](auto a, auto c) { return s.ids[a].size() < s.ids[c].size(); });
-  torch::Tensor out = torch::empty({std::int64_t(order.size()), kHidden});
-  for (std::size_t begin = 0; begin < order.size(); begin += 256) {
-    const std::vector<std::int64_t> rows(order.begin() + begin, order.begin() + std::min(order.size(), begin + 256));
-    out.index_put_({torch::tensor(rows)}, encode_rows(s, rows, trained, 0.0, false));
-  }
-  return out;
-}
 
 struct Scores {
   double key_r1 = 0;      // argmax cos(q, key) = intent accuracy
@@ -316,10 +164,7 @@ int main(int argc, char** argv) try {
   torch::manual_seed(opt.seed);
   const auto model_dir = ldaproj::resolve_model_dir(opt.model);
   const auto tokenizer = ldaproj::Tokenizer::from_file(model_dir / "tokenizer.json");
-  const std::filesystem::path weights = std::filesystem::exists(model_dir / "model.safetensors")
-                                            ? model_dir / "model.safetensors"
-                                            : model_dir / "model.fp16.safetensors";
-  const Bert bert = load_bert(weights);
+  const TorchBert bert = ldaproj::detail::load_torch_bert(model_dir);
 
   // Data: in-scope queries only; intents numbered in sorted order.
   nlohmann::json data;
@@ -378,11 +223,11 @@ int main(int argc, char** argv) try {
       probe.text.push_back(t);
       probe.ids.push_back(tokenizer.encode(t, 256));
     }
-    probe.cached = frozen_prefix(bert, probe.ids, 0);
-    const torch::Tensor mine = encode_all(probe, bert.layers);
+    probe.cached = ldaproj::detail::bert_prefix_states(bert, probe.ids, 0);
+    const torch::Tensor mine = ldaproj::detail::encode_all_states(bert, probe.cached, bert.layers);
     const ldaproj::Matrix theirs = native.encode(probe.text);
     const torch::Tensor ref =
-        torch::from_blob(const_cast<float*>(theirs.data.data()), {std::int64_t(theirs.rows), kHidden}).clone();
+        torch::from_blob(const_cast<float*>(theirs.data.data()), {std::int64_t(theirs.rows), bert.hidden}).clone();
     const torch::Tensor cos = (mine * ref).sum(1);
     std::printf("parity with ldaproj::Encoder on %d texts: min cosine %.7f, mean %.7f (%.1f s)\n", opt.parity_texts,
                 cos.min().item<double>(), cos.mean().item<double>(), seconds_since(t0));
@@ -392,7 +237,7 @@ int main(int argc, char** argv) try {
   // Cache the frozen prefix.
   const int frozen = kLayers - opt.layers;
   const auto t_cache = Clock::now();
-  for (Split* s : {&train, &val, &test, &answers}) s->cached = frozen_prefix(bert, s->ids, frozen);
+  for (Split* s : {&train, &val, &test, &answers}) s->cached = ldaproj::detail::bert_prefix_states(bert, s->ids, frozen);
   std::printf("frozen layers 1..%d cached for %zu texts in %.1f s\n", frozen,
               train.ids.size() + val.ids.size() + test.ids.size() + answers.ids.size(), seconds_since(t_cache));
   const std::vector<Layer> pretrained(bert.layers.begin() + frozen, bert.layers.end());
@@ -400,14 +245,14 @@ int main(int argc, char** argv) try {
                       test_y = torch::tensor(test.label);
 
   // Keys start at the unit centroids of the (pretrained) train embeddings.
-  const torch::Tensor train_z0 = encode_all(train, pretrained);
+  const torch::Tensor train_z0 = ldaproj::detail::encode_all_states(bert, train.cached, pretrained);
   const torch::Tensor centroids =
-      unit(torch::zeros({n_intents, kHidden}).index_add_(0, train_y, train_z0));
+      unit(torch::zeros({n_intents, bert.hidden}).index_add_(0, train_y, train_z0));
 
   std::vector<RunResult> results;
   if (opt.project_baseline) {
     // ldaproj train --learn-keys: full-batch Adam (lr 0.002) on unit keys, mean cross-entropy.
-    const torch::Tensor val_z = encode_all(val, pretrained), answers_z = encode_all(answers, pretrained);
+    const torch::Tensor val_z = ldaproj::detail::encode_all_states(bert, val.cached, pretrained), answers_z = ldaproj::detail::encode_all_states(bert, answers.cached, pretrained);
     for (double tau : opt.taus) {
       torch::Tensor raw = centroids.clone().set_requires_grad(true);
       torch::optim::Adam adam({raw}, torch::optim::AdamOptions(0.002));
@@ -446,7 +291,7 @@ int main(int argc, char** argv) try {
           std::vector<torch::Tensor> layer_params;
           for (const Layer& l : pretrained) {
             layers.push_back(l.trainable_copy());
-            for (torch::Tensor* t : layers.back().all()) layer_params.push_back(*t);
+            for (torch::Tensor* t : layers.back().tensors()) layer_params.push_back(*t);
           }
           torch::Tensor raw = centroids.clone().set_requires_grad(true);
           std::vector<torch::optim::OptimizerParamGroup> groups;
@@ -482,7 +327,7 @@ int main(int argc, char** argv) try {
               ++step;
               const std::vector<std::int64_t> rows(perm.begin() + b * opt.batch,
                                                    perm.begin() + std::min(m, (b + 1) * opt.batch));
-              const torch::Tensor z = encode_rows(train, rows, layers, opt.dropout, true);
+              const torch::Tensor z = ldaproj::detail::encode_from_states(bert, train.cached, rows, layers, opt.dropout, true);
               const torch::Tensor loss = torch::nn::functional::cross_entropy(
                   torch::matmul(z, unit(raw).t()) / tau, train_y.index_select(0, torch::tensor(rows)));
               adamw.zero_grad();
@@ -492,8 +337,8 @@ int main(int argc, char** argv) try {
             }
             train_seconds += seconds_since(t0);
             const auto t_eval = Clock::now();
-            const Scores v = score(encode_all(val, layers), val_y, unit(raw).detach(),
-                                   encode_all(answers, layers), tau);
+            const Scores v = score(ldaproj::detail::encode_all_states(bert, val.cached, layers), val_y, unit(raw).detach(),
+                                   ldaproj::detail::encode_all_states(bert, answers.cached, layers), tau);
             std::printf("k %d tau %.3f key-lr %.0e layer-lr %.0e epoch %d: train loss %.4f, val key R@1 %.2f, "
                         "teacher R@1 %.2f (train %.1f s, val eval %.1f s)\n",
                         opt.layers, tau, key_lr, layer_lr, epoch, loss_sum / double(m), v.key_r1, v.teacher_r1,
@@ -529,8 +374,8 @@ int main(int argc, char** argv) try {
                 opt.layers, chosen.tau, chosen.key_lr, chosen.layer_lr, chosen.best_epoch, chosen.best_val.key_r1,
                 opt.val_to_beat);
   } else if (opt.test) {
-    const Scores t = score(encode_all(test, chosen.best_layers), test_y, chosen.best_keys,
-                           encode_all(answers, chosen.best_layers), chosen.tau);
+    const Scores t = score(ldaproj::detail::encode_all_states(bert, test.cached, chosen.best_layers), test_y, chosen.best_keys,
+                           ldaproj::detail::encode_all_states(bert, answers.cached, chosen.best_layers), chosen.tau);
     std::printf("CHOSEN k %d tau %.3f key-lr %.0e layer-lr %.0e epoch %d: val key R@1 %.2f (teacher %.2f), "
                 "test key R@1 %.2f (teacher %.2f)\n",
                 opt.layers, chosen.tau, chosen.key_lr, chosen.layer_lr, chosen.best_epoch, chosen.best_val.key_r1,
