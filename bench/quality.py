@@ -6,7 +6,10 @@ CLINC150 (../shared/datasets/clinc150 unless --clinc DIR; skipped when absent):
   -> choose every setting on the val split (teacher temperature, sparse route-k,
      question-routing temperature and neighbours) -> train with the chosen
      temperature -> distill -> ensemble (CLINC's 10 domains as manual labels)
-  -> choose each method's out-of-scope threshold on val -> validate on test.
+  -> choose each method's out-of-scope threshold on val -> validate on test;
+  the encoder fine-tuned on train (`finetune-encoder`, epoch chosen on val) -> embed with it
+  -> learned keys with the val-chosen temperature and epochs -> validate on test; and the same
+  fine-tuning refit on train+val for the epoch count val chose.
 Demo data (data/demo, never tuned on): the same commands with CLINC's choices.
 The tables go into docs/QUALITY.md between the bench-quality markers.
 
@@ -50,6 +53,15 @@ SUB_KEYS = [2, 4]
 IDEA_EPOCHS = [50, 200]
 BLEND_QUESTIONS = [0.05, 0.1, 0.2, 0.3]
 BLEND_DIRECT = [0.05, 0.1, 0.2]
+# The encoder's last layer fine-tuned on the training questions (`finetune-encoder` defaults, whose
+# learning rate was chosen on CLINC150 val in experiments/FINETUNE.md; the epoch is chosen on val).
+FINE_TUNED_MODEL = "minilm-finetuned"
+FINE_TUNE_LAYERS = [1, 2]  # how many last layers are trained; chosen on val
+
+
+def fine_tuned_model(layers):
+    """The fine-tuned model's directory (and so model) name."""
+    return FINE_TUNED_MODEL if layers == 1 else f"{FINE_TUNED_MODEL}-l{layers}"
 PLAIN = "plain"  # the plain multi-head teacher (centroid keys)
 MAIN = "learned"  # the learned-keys teacher that is distilled and ensembled
 
@@ -252,6 +264,63 @@ class Run:
                          "--learn-keys", settings["key_epochs"])
         self.stamp("trained_ideas", wanted)
 
+    def fine_tune(self, settings, layers=None):
+        """Fine-tuned encoders (one per FINE_TUNE_LAYERS, epoch chosen on val; the best on val is kept, or
+        `layers` when given), the kept one's embeddings and learned keys. Returns the layers kept."""
+        candidates = {}
+        for k in ([layers] if layers else FINE_TUNE_LAYERS if self.val else FINE_TUNE_LAYERS[:1]):
+            model_dir = os.path.join(self.work, fine_tuned_model(k))
+            if not os.path.isdir(model_dir):
+                val = ["--val", self.val] if self.val else []
+                self.ldaproj("finetune-encoder", "--db", self.db, "--out", model_dir, "--layers", k, *val, "--json",
+                             as_json=True)
+            candidates[k] = json.load(open(os.path.join(model_dir, "fine_tune.json")))
+
+        def val_accuracy(k):
+            r = candidates[k]
+            return r["epochs"][r["chosen_epoch"] - 1]["validation_accuracy"]
+
+        chosen = max(sorted(candidates), key=val_accuracy)  # ties keep fewer layers
+        report = dict(candidates[chosen], tried={k: val_accuracy(k) for k in candidates})
+        self.report["fine_tune"] = report
+        wanted = {k: settings[k] for k in ("temperature", "key_epochs")}
+        wanted["layers"] = chosen
+        done = self.stamp("fine_tuned")
+        if not (done and done["settings"] == wanted):
+            model_dir = os.path.join(self.work, fine_tuned_model(chosen))
+            self.ldaproj("embed", "--db", self.db, "--model", model_dir, "--quiet")
+            self.ldaproj("train", "--db", self.db, "--name", "idea_fine_tuned", "--embedding-model",
+                         fine_tuned_model(chosen), "--temperature", settings["temperature"],
+                         "--learn-keys", settings["key_epochs"])
+            self.stamp("fine_tuned", {"settings": wanted, "report": report})
+        return chosen
+
+    def fine_tune_refit(self, settings):
+        """The fine-tuning refit on train+val (refit.db) for the epoch count val chose; val is not used again."""
+        refit_db = os.path.join(self.work, "refit.db")
+        done = self.stamp("fine_tuned")
+        if not os.path.exists(refit_db) or not done:
+            return
+        chosen, layers = done["report"]["chosen_epoch"], done["settings"]["layers"]
+        model_dir = os.path.join(self.work, FINE_TUNED_MODEL + "-refit")
+        wanted = {"temperature": settings["temperature"], "key_epochs": settings["key_epochs"], "epochs": chosen,
+                  "layers": layers}
+        done = self.stamp("fine_tuned_refit")
+        if done and done["settings"] == wanted and os.path.isdir(model_dir):
+            self.report["fine_tune_refit"] = done["report"]
+            return
+        if os.path.isdir(model_dir):
+            shutil.rmtree(model_dir)
+        self.ldaproj("finetune-encoder", "--db", refit_db, "--out", model_dir, "--epochs", chosen, "--layers", layers,
+                     "--json")
+        report = json.load(open(os.path.join(model_dir, "fine_tune.json")))
+        self.ldaproj("embed", "--db", refit_db, "--model", model_dir, "--quiet")
+        self.ldaproj("train", "--db", refit_db, "--name", "refit_fine_tuned", "--embedding-model",
+                     FINE_TUNED_MODEL + "-refit", "--temperature", settings["temperature"],
+                     "--learn-keys", settings["key_epochs"])
+        self.stamp("fine_tuned_refit", {"settings": wanted, "report": report})
+        self.report["fine_tune_refit"] = report
+
     @staticmethod
     def setting_args(settings):
         return ["--temperature", settings["temperature"], "--route-k", settings["route_k"],
@@ -296,11 +365,24 @@ class Run:
         for idea, flag in (("blend_questions", "--blend-questions"), ("blend_direct", "--blend-direct")):
             out[idea] = self.validate("test", "--projection", MAIN, *one, *self.question_args(settings), flag,
                                       ideas[idea]["blend"])["methods"]["multi_head"]
+        done = self.stamp("fine_tuned")
+        model_dir = os.path.join(self.work, fine_tuned_model(done["settings"]["layers"])) if done else ""
+        if done and os.path.isdir(model_dir):
+            test, _ = self.ldaproj("validate", "--db", self.db, "--test", self.test, "--model", model_dir,
+                                   "--embedding-cache", os.path.join(self.work, "test.fine_tuned.embeddings"),
+                                   "--json", "--projection", "idea_fine_tuned", *one, as_json=True)
+            out["fine_tuned"] = test["methods"]["multi_head"]
         refit_db = os.path.join(self.work, "refit.db")
         if os.path.exists(refit_db):
             test, _ = self.ldaproj("validate", "--db", refit_db, "--test", self.test, *self.cache("test"), "--json",
                                    "--projection", "refit", *one, as_json=True)
             out["refit"] = test["methods"]["multi_head"]
+        refit_model = os.path.join(self.work, FINE_TUNED_MODEL + "-refit")
+        if self.stamp("fine_tuned_refit") and os.path.isdir(refit_model):
+            test, _ = self.ldaproj("validate", "--db", refit_db, "--test", self.test, "--model", refit_model,
+                                   "--embedding-cache", os.path.join(self.work, "test.fine_tuned_refit.embeddings"),
+                                   "--json", "--projection", "refit_fine_tuned", *one, as_json=True)
+            out["fine_tuned_refit"] = test["methods"]["multi_head"]
         return out
 
 
@@ -375,6 +457,20 @@ def metrics_table(report):
             name = f"multi-head, {keys}, τ={s['temperature']:g}, blended with question routing (b={ideas[key]['blend']:g})"
         elif key == "blend_direct":
             name = f"multi-head, {keys}, τ={s['temperature']:g}, blended with direct (g={ideas[key]['blend']:g})"
+        elif key == "fine_tuned":
+            ft = report.get("fine_tune") or {}
+            how = (f"epoch {ft['chosen_epoch']} of {len(ft['epochs'])} chosen on val" if ft.get("epochs") and
+                   ft["epochs"][0].get("validation_accuracy", -1) >= 0 else "last epoch")
+            n = ft.get("options", {}).get("layers", 1)
+            layers = "last layer" if n == 1 else f"last {n} layers"
+            name = (f"multi-head, **encoder's {layers} fine-tuned** on the training questions ({how}), "
+                    f"then {keys}, τ={s['temperature']:g}")
+        elif key == "fine_tuned_refit":
+            ft = report.get("fine_tune_refit") or {}
+            n = ft.get("options", {}).get("layers", 1)
+            layers = "last layer" if n == 1 else f"last {n} layers"
+            name = (f"multi-head, encoder's {layers} fine-tuned on train+val ({len(ft.get('epochs', []))} epochs, "
+                    f"the count val chose above), then {keys} on train+val, τ={s['temperature']:g}")
         else:
             name = f"multi-head, {keys}, τ={s['temperature']:g}, refit on train+val"
         lines.append(row(name, m, base))
@@ -467,6 +563,7 @@ def main():
     settings = {"plain_temperature": DEFAULT_TEMPERATURE, "temperature": DEFAULT_TEMPERATURE, "key_epochs": 0,
                 "route_k": 64, "question_temperature": 0.02, "question_neighbors": 0}
     thresholds = None
+    fine_tune_layers = FINE_TUNE_LAYERS[0]
     clinc_work = os.path.join(work, "clinc150")
     if convert_clinc(args.clinc, clinc_work):
         clinc = Run(ldaproj, "CLINC150 (test split)", clinc_work, [os.path.join(clinc_work, "train.jsonl")],
@@ -475,6 +572,8 @@ def main():
         clinc.prepare()
         settings = clinc.tune_on_val()
         clinc.train_ideas(settings, refit_questions=clinc_refit_questions(clinc_work))
+        fine_tune_layers = clinc.fine_tune(settings)
+        clinc.fine_tune_refit(settings)
         clinc.train(settings)
         thresholds = clinc.evaluate(settings)
         reports.append(clinc.report)
@@ -487,6 +586,7 @@ def main():
                test=demo_heldout(demo_work))
     demo.prepare()
     demo.train_ideas(settings)
+    demo.fine_tune(settings, layers=fine_tune_layers)
     demo.train(settings)
     demo.evaluate(settings, thresholds=thresholds)
     reports.append(demo.report)
