@@ -30,14 +30,11 @@ namespace {
 namespace fs = std::filesystem;
 using detail::TorchBert;
 using detail::TorchBertLayer;
+using detail::unit_rows;
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-torch::Tensor unit_rows(const torch::Tensor& t) {
-  return torch::nn::functional::normalize(t, torch::nn::functional::NormalizeFuncOptions().dim(1));
 }
 
 void check_labels(const LabeledTexts& set, const char* what, std::size_t classes) {

@@ -148,6 +148,8 @@ torch::Tensor bert_layer_forward(const TorchBert& bert, const TorchBertLayer& l,
   return torch::layer_norm(ffn + h, {bert.hidden}, l.ln2_g, l.ln2_b, bert.layer_norm_eps);
 }
 
+torch::Tensor unit_rows(const torch::Tensor& t) { return t / t.norm(2, {1}, true).clamp_min(1e-12); }
+
 std::vector<torch::Tensor> bert_prefix_states(const TorchBert& bert, const std::vector<std::vector<std::int32_t>>& ids,
                                               std::size_t layers) {
   torch::NoGradGuard no_grad;
@@ -190,8 +192,7 @@ torch::Tensor encode_from_states(const TorchBert& bert, const std::vector<torch:
     mask[static_cast<std::int64_t>(i)].slice(0, 0, seqs[i].size(0)).fill_(1.0f);
   }
   for (const TorchBertLayer& l : layers) x = bert_layer_forward(bert, l, x, mask, dropout, training);
-  const torch::Tensor pooled = (x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, true);
-  return torch::nn::functional::normalize(pooled, torch::nn::functional::NormalizeFuncOptions().dim(1));
+  return unit_rows((x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, true));
 }
 
 torch::Tensor encode_all_states(const TorchBert& bert, const std::vector<torch::Tensor>& states,

@@ -38,6 +38,11 @@ TorchBert load_torch_bert(const std::filesystem::path& model_dir);
 torch::Tensor bert_layer_forward(const TorchBert& bert, const TorchBertLayer& layer, const torch::Tensor& x,
                                  const torch::Tensor& mask, double dropout, bool training);
 
+// Each row divided by its L2 norm (rows of zeros stay zero). Written out rather
+// than torch::nn::functional::normalize, whose options struct makes GCC 12's
+// ASan build warn (-Wmaybe-uninitialized) inside libtorch's headers.
+torch::Tensor unit_rows(const torch::Tensor& t);
+
 // Hidden states after the embeddings and the first `layers` layers, one
 // (tokens x hidden) tensor per text, without gradients.
 std::vector<torch::Tensor> bert_prefix_states(const TorchBert& bert, const std::vector<std::vector<std::int32_t>>& ids,
