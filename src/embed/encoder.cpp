@@ -4,7 +4,6 @@
 // (query, key and value as one fused matrix); attention runs per sequence.
 #include "ldaproj/encoder.hpp"
 
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -15,6 +14,7 @@
 
 #include "common/parallel.hpp"
 #include "embed/encoder_kernels.hpp"
+#include "embed/model_config.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/safetensors.hpp"
 #include "ldaproj/tokenizer.hpp"
@@ -191,6 +191,19 @@ Encoder::Encoder(Encoder&&) noexcept = default;
 Encoder& Encoder::operator=(Encoder&&) noexcept = default;
 Encoder::~Encoder() = default;
 
+nlohmann::json detail::read_model_config(const fs::path& model_dir) {
+  const std::string file = (model_dir / "config.json").string();
+  nlohmann::json cfg;
+  try {
+    std::ifstream in(model_dir / "config.json");
+    cfg = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(file + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!cfg.is_object()) throw InputError(file + ": expected a JSON object");
+  return cfg;
+}
+
 fs::path model_weights_file(const fs::path& dir) {
   for (const char* name : {"model.safetensors", "model.fp16.safetensors"}) {
     if (fs::is_regular_file(dir / name)) return dir / name;
@@ -208,14 +221,7 @@ Encoder Encoder::load(const fs::path& dir, EncoderOptions options) {
   const fs::path weights = model_weights_file(dir);
 
   const std::string cfg_file = (dir / "config.json").string();
-  nlohmann::json cfg;
-  try {
-    std::ifstream in(dir / "config.json");
-    cfg = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(cfg_file + ": not valid JSON (" + e.what() + ")");
-  }
-  if (!cfg.is_object()) throw InputError(cfg_file + ": expected a JSON object");
+  const nlohmann::json cfg = detail::read_model_config(dir);
   Config c;
   c.hidden = config_size(cfg, "hidden_size", cfg_file);
   c.heads = config_size(cfg, "num_attention_heads", cfg_file);

@@ -6,10 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
 
+#include "embed/model_config.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/safetensors.hpp"
@@ -83,15 +83,9 @@ TorchBertLayer TorchBertLayer::snapshot() const {
 
 TorchBert load_torch_bert(const std::filesystem::path& model_dir) {
   const std::string cfg_file = (model_dir / "config.json").string();
-  nlohmann::json cfg;
-  try {
-    std::ifstream in(model_dir / "config.json");
-    cfg = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(cfg_file + ": not valid JSON (" + e.what() + ")");
-  }
+  const nlohmann::json cfg = read_model_config(model_dir);
   TorchBert bert;
-  if (!cfg.is_object() || !cfg.contains("num_attention_heads") || !cfg["num_attention_heads"].is_number_unsigned() ||
+  if (!cfg.contains("num_attention_heads") || !cfg["num_attention_heads"].is_number_unsigned() ||
       !cfg.contains("num_hidden_layers") || !cfg["num_hidden_layers"].is_number_unsigned()) {
     throw InputError(cfg_file + ": needs num_attention_heads and num_hidden_layers");
   }
