@@ -97,6 +97,7 @@ class Run:
         self.ldaproj, self.name, self.work = ldaproj, name, work
         self.import_files, self.test, self.val, self.labels = import_files, test, val, labels
         self.db = os.path.join(work, "store.db")
+        self.base_model = None  # the bundled encoder's name, from prepare()
         self.report = {"name": name}
 
     def cache(self, split):
@@ -113,12 +114,18 @@ class Run:
         os.makedirs(self.work, exist_ok=True)
         self.ldaproj("import", "--db", self.db, *self.import_files)
         out, seconds = self.ldaproj("embed", "--db", self.db, "--quiet")
-        new = int(re.search(r"(\d+) new embeddings", out).group(1))
+        found = re.search(r"(\d+) new embeddings with (\S+)", out)
+        new, self.base_model = int(found.group(1)), found.group(2)
         if new > 0:
             self.stamp("embed", {"embeddings": new, "seconds": round(seconds, 1)})
         self.report["embed"] = self.stamp("embed")
         stats, _ = self.ldaproj("stats", "--db", self.db, "--json", as_json=True)
         self.report["clusters"], self.report["questions"] = stats["clusters"], stats["questions"]
+
+    def train_base(self, db, *args):
+        """`ldaproj train` on the base encoder's embeddings: named, because once a fine-tuned encoder has
+        embedded the store too, train refuses to guess."""
+        return self.ldaproj("train", "--db", db, "--embedding-model", self.base_model, *args)
 
     def validate(self, split, *args):
         file = self.val if split == "val" else self.test
@@ -132,7 +139,7 @@ class Run:
         if cached:
             self.report["val_sweeps"] = cached["sweeps"]
             return cached["settings"]
-        self.ldaproj("train", "--db", self.db, "--name", PLAIN, "--temperature", DEFAULT_TEMPERATURE)
+        self.train_base(self.db, "--name", PLAIN, "--temperature", DEFAULT_TEMPERATURE)
         sweeps = []
         for neighbors in QUESTION_NEIGHBORS:
             out = self.validate("val", "--projection", PLAIN, "--methods", "direct",
@@ -147,7 +154,7 @@ class Run:
         for t in KEY_TEMPERATURES:
             for epochs in KEY_EPOCHS:
                 name = f"tune_keys_t{t}_e{epochs}"
-                self.ldaproj("train", "--db", self.db, "--name", name, "--temperature", t, "--learn-keys", epochs)
+                self.train_base(self.db, "--name", name, "--temperature", t, "--learn-keys", epochs)
                 out = self.validate("val", "--projection", name, "--methods", "multi-head")
                 learned.append(dict(out["methods"]["multi_head"], method="multi-head", temperature=t,
                                     keys=f"learned, {epochs} epochs", key_epochs=epochs))
@@ -175,7 +182,7 @@ class Run:
         ideas = {}
 
         def trained(name, *args):
-            self.ldaproj("train", "--db", self.db, "--name", name, "--temperature", t, *args)
+            self.train_base(self.db, "--name", name, "--temperature", t, *args)
             return self.validate("val", "--projection", name, "--methods", "multi-head")["methods"]["multi_head"]
 
         tried = []
@@ -222,9 +229,9 @@ class Run:
             self.report["training"] = done["seconds"]
             return
         times = {}
-        self.ldaproj("train", "--db", self.db, "--name", PLAIN, "--temperature", settings["plain_temperature"])
+        self.train_base(self.db, "--name", PLAIN, "--temperature", settings["plain_temperature"])
         # Trained last, so it is the active projection the student and ensemble attach to.
-        _, times["train"] = self.ldaproj("train", "--db", self.db, "--name", MAIN, "--temperature", settings["temperature"],
+        _, times["train"] = self.train_base(self.db, "--name", MAIN, "--temperature", settings["temperature"],
                                          "--learn-keys", settings["key_epochs"])
         _, times["distill"] = self.ldaproj("distill", "--db", self.db, "--quiet")
         domains = ["--labels", self.labels] if self.labels else ["--domains", "4"]
@@ -244,9 +251,9 @@ class Run:
             return
         t = settings["temperature"]
         sub = ideas["sub_keys"]
-        self.ldaproj("train", "--db", self.db, "--name", "idea_sub_keys", "--temperature", t,
+        self.train_base(self.db, "--name", "idea_sub_keys", "--temperature", t,
                      "--learn-keys", sub["key_epochs"], "--keys-per-head", sub["keys_per_head"])
-        self.ldaproj("train", "--db", self.db, "--name", "idea_adapter", "--temperature", t,
+        self.train_base(self.db, "--name", "idea_adapter", "--temperature", t,
                      "--learn-keys", ideas["adapter"]["key_epochs"], "--query-adapter")
         if refit_questions:
             # A copy of the store with the val questions added as training questions; the epochs and
@@ -260,7 +267,7 @@ class Run:
                     shutil.copyfile(self.db + suffix, refit_db + suffix)
             self.ldaproj("import", "--db", refit_db, refit_questions)
             self.ldaproj("embed", "--db", refit_db, "--quiet")
-            self.ldaproj("train", "--db", refit_db, "--name", "refit", "--temperature", t,
+            self.train_base(refit_db, "--name", "refit", "--temperature", t,
                          "--learn-keys", settings["key_epochs"])
         self.stamp("trained_ideas", wanted)
 
