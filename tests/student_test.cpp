@@ -262,12 +262,46 @@ TEST(StudentInitTest, KMeansGroupsCoverEveryHead) {
   }
 }
 
+TEST(DistillKeysOnly, TrainsTheKeysAndValuesAndLeavesEveryOtherWeightAtItsInit) {
+  // Fewer keys than heads, so the init (k-means groups) leaves something to learn.
+  const ToyTeacher toy = toy_teacher(16, 48, 8, 3);
+  DistillOptions o;
+  o.config.dim = 48;
+  o.config.num_heads = 4;
+  o.config.keys_per_head = 1;
+  o.epochs = 5;
+  o.patience = 0;
+  o.lr = 3e-3;
+  o.data.samples = 256;
+  o.data.validation_fraction = 0.0;  // the best epoch by training loss: one after the init
+  o.seed = 5;
+  o.threads = 1;
+  o.keys_only = true;
+  const StudentWeights initial = init_student(o.config, toy.teacher, StudentInit::Teacher, o.seed);
+  const DistillReport report = distill_student(toy.teacher, toy.questions, toy.head_of_question, o);
+  ASSERT_GT(report.best_epoch, 0u) << "no epoch improved on the init, so nothing shows what was trained";
+  std::size_t banks = 0;
+  for (const StudentTensor& t : report.weights.tensors) {
+    const bool bank = t.name.find("keys") != std::string::npos || t.name.find("values") != std::string::npos;
+    if (bank) {
+      ++banks;
+      EXPECT_NE(t.values, initial.at(t.name).values) << t.name << " did not train";
+    } else {
+      EXPECT_EQ(t.values, initial.at(t.name).values) << t.name << " changed";
+    }
+  }
+  EXPECT_EQ(banks, 2 * o.config.layers);
+
+  o.init = StudentInit::Random;
+  EXPECT_THROW(distill_student(toy.teacher, toy.questions, toy.head_of_question, o), InputError);
+}
+
 TEST(DistillDataTest, SeededHeldOutAndLabelledBySource) {
   const ToyTeacher toy = toy_teacher(6, 24, 10, 5);
   DistillDataOptions o;
   o.samples = 400;
   o.seed = 9;
-  o.sources = parse_data_sources("all");  // four generating sources share the 400 samples
+  o.sources = parse_data_sources("all");  // five generating sources share the 400 samples
   const DistillData a = make_distill_data(toy.teacher, toy.questions, toy.head_of_question, o);
   const DistillData b = make_distill_data(toy.teacher, toy.questions, toy.head_of_question, o);
   EXPECT_EQ(a.train_inputs.data, b.train_inputs.data);
@@ -278,7 +312,8 @@ TEST(DistillDataTest, SeededHeldOutAndLabelledBySource) {
   EXPECT_EQ(a.validation_inputs.rows, 4 * a.validation_questions);  // each plus three perturbed copies
   EXPECT_EQ(a.per_source.at("questions"), 60u - a.validation_questions);
   EXPECT_EQ(a.train_inputs.rows, 60u - a.validation_questions + 400u);
-  EXPECT_EQ(a.per_source.at("perturbed"), 100u);
+  EXPECT_EQ(a.per_source.at("perturbed"), 80u);
+  EXPECT_EQ(a.per_source.at("centroids"), 80u);
   EXPECT_EQ(a.train_source.size(), a.train_inputs.rows);
   // No held-out question appears among the training questions.
   for (std::size_t v = 0; v < a.validation_questions; ++v) {
@@ -298,6 +333,40 @@ TEST(DistillDataTest, SeededHeldOutAndLabelledBySource) {
   o.sources = parse_data_sources("questions,across");
   EXPECT_EQ(make_distill_data(toy.teacher, toy.questions, toy.head_of_question, o).per_source.size(), 2u);
   EXPECT_THROW(parse_data_sources("questions,noise"), InputError);
+}
+
+TEST(DistillDataTest, CentroidInputsReachHeadsWithoutQuestions) {
+  const ToyTeacher toy = toy_teacher(6, 24, 10, 5);
+  // Keep the questions of heads 0..2 only.
+  Matrix questions(0, 24);
+  std::vector<std::size_t> head_of_question;
+  for (std::size_t i = 0; i < toy.questions.rows; ++i) {
+    if (toy.head_of_question[i] >= 3) continue;
+    questions.data.insert(questions.data.end(), toy.questions.row(i), toy.questions.row(i) + 24);
+    ++questions.rows;
+    head_of_question.push_back(toy.head_of_question[i]);
+  }
+  DistillDataOptions o;
+  o.samples = 300;
+  o.seed = 3;
+  o.noise = 0.3f;
+  o.sources = parse_data_sources("perturbed,within,across");
+  const auto unquestioned_heads_reached = [&](const DistillData& data) {
+    const Matrix scores = toy.teacher.route_scores(data.train_inputs);
+    std::set<std::size_t> reached;
+    for (std::size_t r = 0; r < scores.rows; ++r) {
+      std::size_t best = 0;
+      for (std::size_t h = 1; h < scores.cols; ++h)
+        if (scores(r, h) > scores(r, best)) best = h;
+      if (best >= 3) reached.insert(best);
+    }
+    return reached.size();
+  };
+  EXPECT_EQ(unquestioned_heads_reached(make_distill_data(toy.teacher, questions, head_of_question, o)), 0u);
+  o.sources = parse_data_sources("centroids");
+  const DistillData data = make_distill_data(toy.teacher, questions, head_of_question, o);
+  EXPECT_EQ(data.per_source.at("centroids"), 300u);
+  EXPECT_EQ(unquestioned_heads_reached(data), 3u);
 }
 
 class StudentFiles : public testing_support::TempDirTest {};

@@ -27,9 +27,11 @@ namespace ldaproj {
 //  across:       a random mix of questions from two different, nearby clusters
 //  extrapolated: a question pushed away from its cluster's centroid (novel
 //                phrasings sit further from the centroid than the training ones)
-enum class DataSource { Questions, Perturbed, Within, Across, Extrapolated };
+//  centroids:    any head's centroid (drawn uniformly over all heads) plus
+//                Gaussian noise: reaches heads that have no training questions
+enum class DataSource { Questions, Perturbed, Within, Across, Extrapolated, Centroids };
 inline constexpr DataSource kAllDataSources[] = {DataSource::Questions, DataSource::Perturbed, DataSource::Within,
-                                                 DataSource::Across, DataSource::Extrapolated};
+                                                 DataSource::Across,    DataSource::Extrapolated, DataSource::Centroids};
 std::string_view to_string(DataSource source);
 DataSource parse_data_source(std::string_view name);  // InputError on unknown
 // Comma-separated list, e.g. "questions,perturbed"; "all" for every source.
@@ -126,6 +128,10 @@ struct DistillOptions {
   double kl_weight = 0.0;
   double answer_weight = 0.0;
   std::size_t answer_top_k = 16;
+  // Train the learned keys and values only; every other weight keeps its
+  // initial value (the teacher init's projections compute the teacher's
+  // routing over the keys, and they cannot overfit a small training set).
+  bool keys_only = false;
   std::uint64_t seed = 0;
   int threads = 0;  // 0: all cores
 };

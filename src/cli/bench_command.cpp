@@ -62,6 +62,11 @@ void BenchCommand::add_to(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--student-samples", student_samples, "Generated distillation inputs per student")
       ->capture_default_str();
+  command->add_option("--student-sources", student_sources,
+                      "Distillation inputs of every student, as `distill --sources`; `centroids` adds inputs around "
+                      "every head, also those the training questions leave out (default: questions,perturbed,within,across)");
+  command->add_flag("--student-keys-only", student_keys_only,
+                    "Students (student, ensemble, student-matched) train only their keys and values");
   command->add_option("--domains", domains, "Ensemble domains (k-means over the centroids)")->capture_default_str();
   command->add_option("--top-domains", top_domains, "Ensemble students run per query")->capture_default_str();
   command->add_option("--student-keys-per-head", student_keys_per_head,
@@ -92,6 +97,8 @@ int BenchCommand::run() const {
   o.training_questions = training_questions;
   o.student.epochs = student_epochs;
   o.student.data.samples = student_samples;
+  o.student.keys_only = student_keys_only;
+  if (!student_sources.empty()) o.student.data.sources = ldaproj::parse_data_sources(student_sources);
   o.domains = domains;
   o.top_domains = top_domains;
   o.student.config.keys_per_head = student_keys_per_head;

@@ -40,6 +40,9 @@ void EnsembleCommand::add_to(CLI::App& app) {
   command->add_option("--samples", options.student.data.samples, "Generated distillation inputs per student")
       ->capture_default_str();
   command->add_option("--lr", options.student.lr, "Students' peak AdamW learning rate")->capture_default_str();
+  command->add_flag("--keys-only", options.student.keys_only,
+                    "Students train only their keys and values, keeping the teacher-init projections "
+                    "(the end-to-end fine-tuning still trains everything)");
   command->add_option("--cosine-weight", options.student.cosine_weight, "Students' cosine loss weight")
       ->capture_default_str();
   command->add_option("--router-hidden", options.router_hidden, "Meta-router hidden width")->capture_default_str();

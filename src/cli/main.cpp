@@ -1155,10 +1155,13 @@ int main(int argc, char** argv) {
         ->capture_default_str()->check(CLI::NonNegativeNumber);
     distill_cmd->add_option("--answer-top-k", o.answer_top_k, "How many of the teacher's top answers that term scores")
         ->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_flag("--keys-only", o.keys_only,
+                          "Train only the learned keys and values; the projections keep the teacher init "
+                          "(less to overfit when the questions cover few clusters)");
     distill_cmd->add_option("--samples", o.data.samples, "Generated training inputs (besides the questions)")
         ->capture_default_str();
     distill_cmd->add_option("--sources", df.sources,
-                            "Comma-separated: questions, perturbed, within, across, extrapolated, or all (every one)")
+                            "Comma-separated: questions, perturbed, within, across, extrapolated, centroids, or all (every one)")
         ->capture_default_str();
     distill_cmd->add_option("--validation-fraction", o.data.validation_fraction,
                             "Share of each cluster's questions held out for early stopping")

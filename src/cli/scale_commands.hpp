@@ -33,6 +33,8 @@ struct BenchCommand {
   std::size_t training_questions = 20000;
   std::size_t student_epochs = 20;
   std::size_t student_samples = 8192;
+  std::string student_sources;  // empty: the library's default sources
+  bool student_keys_only = false;
   std::size_t domains = 8;
   std::size_t top_domains = 2;
   std::size_t student_keys_per_head = 8;

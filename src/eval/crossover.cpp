@@ -226,6 +226,7 @@ std::vector<ScaleMethodFactory> scale_methods(const CrossoverOptions& o) {
          EnsembleOptions options;
          options.student = o.student;
          options.student.config.dim = dense.dim();
+         options.router_data.sources = o.student.data.sources;  // the router sees the students' kinds of input
          options.top_domains = o.top_domains;
          options.fine_tune_epochs = o.ensemble_fine_tune_epochs;
          options.threads = o.threads;

@@ -61,6 +61,7 @@ std::string_view to_string(DataSource source) {
     case DataSource::Within: return "within";
     case DataSource::Across: return "across";
     case DataSource::Extrapolated: return "extrapolated";
+    case DataSource::Centroids: return "centroids";
   }
   return "?";
 }
@@ -69,7 +70,7 @@ DataSource parse_data_source(std::string_view name) {
   for (DataSource s : kAllDataSources)
     if (to_string(s) == name) return s;
   throw InputError("unknown data source \"" + std::string(name) +
-                   "\"; expected questions, perturbed, within, across or extrapolated");
+                   "\"; expected questions, perturbed, within, across, extrapolated or centroids");
 }
 
 std::vector<DataSource> parse_data_sources(std::string_view list) {
@@ -194,6 +195,10 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
       wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
       find_neighbours(wanted);
     }
+    if (s == DataSource::Centroids) {
+      for (std::size_t i = 0; i < count; ++i) add(s, perturb(row_of(centroids, pick(heads)), options.noise, rng));
+      continue;
+    }
     for (const std::size_t qi : picks) {
       const std::size_t h = head_of_question[qi];
       const std::vector<float> q = unit(row_of(questions, qi));
@@ -230,6 +235,7 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
           break;
         }
         case DataSource::Questions:
+        case DataSource::Centroids:
           break;
       }
     }

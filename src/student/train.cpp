@@ -119,6 +119,9 @@ void check_options(const DistillOptions& o) {
   }
   if (o.answer_weight > 0.0 && o.answer_top_k == 0) bad("--answer-top-k must be positive");
   if (o.threads < 0) bad("--threads must be >= 0");
+  if (o.keys_only && o.init != StudentInit::Teacher) {
+    bad("--keys-only needs --init teacher: with random init the frozen projections would stay random");
+  }
 }
 
 int thread_count(int requested) {
@@ -260,9 +263,9 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
   std::vector<torch::Tensor> decayed, plain;
   for (const auto& name : net.names()) {
     const torch::Tensor& param = net.p(name);
-    const bool is_matrix = param.dim() == 2 && name.find("keys") == std::string::npos &&
-                           name.find("values") == std::string::npos;
-    (is_matrix ? decayed : plain).push_back(param);
+    const bool is_bank = name.find("keys") != std::string::npos || name.find("values") != std::string::npos;
+    if (options.keys_only && !is_bank) continue;
+    (param.dim() == 2 && !is_bank ? decayed : plain).push_back(param);
   }
   std::vector<torch::optim::OptimizerParamGroup> param_groups;
   param_groups.emplace_back(decayed, std::make_unique<torch::optim::AdamWOptions>(
