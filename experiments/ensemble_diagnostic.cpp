@@ -14,6 +14,7 @@
 //                       [--router-epochs 40] [--router-patience 6] [--router-lr 1e-3]
 //                       [--heads 8] [--keys-per-head 8] [--student-epochs 10] [--single 0]
 //                       [--keys-only 0] [--sources questions,perturbed,within,across]
+//                       [--samples 8192]
 // Numbers and the runs: docs/BENCHMARKS.md (crossover section).
 #include <algorithm>
 #include <cmath>
@@ -111,6 +112,7 @@ int main(int argc, char** argv) {
     else if (flag == "--keys-per-head") o.student.config.keys_per_head = std::strtoul(value, nullptr, 10);
     else if (flag == "--student-epochs") o.student.epochs = std::strtoul(value, nullptr, 10);
     else if (flag == "--sources") o.student.data.sources = o.router_data.sources = parse_data_sources(value);
+    else if (flag == "--samples") o.student.data.samples = std::strtoul(value, nullptr, 10);
     else if (flag == "--keys-only") o.student.keys_only = std::strtoul(value, nullptr, 10) != 0;
     else if (flag == "--single") single = std::strtoul(value, nullptr, 10) != 0;
     else {
@@ -182,7 +184,7 @@ int main(int argc, char** argv) {
   };
   std::printf("queries of clusters with training questions: %zu of %zu; distillation inputs:", seen_count, q.rows);
   for (DataSource s : o.student.data.sources) std::printf(" %s", std::string(to_string(s)).c_str());
-  std::printf("\n");
+  std::printf(" (%zu generated per student)\n", o.student.data.samples);
 
   // The domain students at their teacher init (before any training).
   std::vector<Matrix> initial_outputs;
