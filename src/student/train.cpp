@@ -264,7 +264,10 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
   for (const auto& name : net.names()) {
     const torch::Tensor& param = net.p(name);
     const bool is_bank = name.find("keys") != std::string::npos || name.find("values") != std::string::npos;
-    if (options.keys_only && !is_bank) continue;
+    if (options.keys_only && !is_bank) {
+      param.requires_grad_(false);  // frozen: backward skips it instead of computing an unused gradient
+      continue;
+    }
     (param.dim() == 2 && !is_bank ? decayed : plain).push_back(param);
   }
   std::vector<torch::optim::OptimizerParamGroup> param_groups;
