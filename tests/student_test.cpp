@@ -3,6 +3,7 @@
 // distillation data and safetensors round trips.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <set>
@@ -277,8 +278,9 @@ TEST(DistillKeysOnly, TrainsTheKeysAndValuesAndLeavesEveryOtherWeightAtItsInit) 
   o.seed = 5;
   o.threads = 1;
   o.keys_only = true;
-  const StudentWeights initial = init_student(o.config, toy.teacher, StudentInit::Teacher, o.seed);
+  StudentWeights initial = init_student(o.config, toy.teacher, StudentInit::Teacher, o.seed);
   const DistillReport report = distill_student(toy.teacher, toy.questions, toy.head_of_question, o);
+  set_attention_gain(initial, report.attention_gain);  // the one part of the init distill chooses
   ASSERT_GT(report.best_epoch, 0u) << "no epoch improved on the init, so nothing shows what was trained";
   std::size_t banks = 0;
   for (const StudentTensor& t : report.weights.tensors) {
@@ -294,6 +296,83 @@ TEST(DistillKeysOnly, TrainsTheKeysAndValuesAndLeavesEveryOtherWeightAtItsInit) 
 
   o.init = StudentInit::Random;
   EXPECT_THROW(distill_student(toy.teacher, toy.questions, toy.head_of_question, o), InputError);
+}
+
+// The teacher init's attention gain that distill chooses is the candidate
+// with the lowest validation loss, recomputed here from the same data.
+void expect_gain_is_the_best_candidate(const ToyTeacher& toy, const DistillOptions& o, const DistillReport& report) {
+  const DistillData data = make_distill_data(toy.teacher, toy.questions, toy.head_of_question, o.data);
+  ASSERT_GT(data.validation_inputs.rows, 0u);
+  const Matrix targets = toy.teacher.project(data.validation_inputs);
+  double best_loss = 1e300, chosen_loss = -1, chosen_cosine = 0;
+  for (const float gain : kAttentionGains) {
+    StudentWeights w = init_student(o.config, toy.teacher, StudentInit::Teacher, o.seed);
+    set_attention_gain(w, gain);
+    const StudentLoss l = torch_student_loss(w, data.validation_inputs, targets, Matrix(), o);
+    best_loss = std::min(best_loss, l.total);
+    if (gain == report.attention_gain) chosen_loss = l.total, chosen_cosine = 1.0 - l.cosine;
+  }
+  ASSERT_GE(chosen_loss, 0.0) << "the chosen gain " << report.attention_gain << " is not a candidate";
+  EXPECT_NEAR(chosen_loss, best_loss, 1e-6 * best_loss);
+  EXPECT_NEAR(report.initial_validation_cosine, chosen_cosine, 1e-5);
+}
+
+TEST(DistillAttentionGain, ChoosesTheLowestValidationLossAndKeepsTheQueryWhenItPredictsTheAnswer) {
+  DistillOptions o;
+  o.config.dim = 48;
+  o.config.num_heads = 4;
+  o.config.keys_per_head = 1;
+  o.epochs = 1;
+  o.data.samples = 256;
+  o.seed = 3;
+  o.threads = 1;
+  // Answers unrelated to the centroids and a soft teacher: the query term is
+  // noise, and the compressed teacher (the largest gain) is the better start.
+  const ToyTeacher unrelated = toy_teacher(16, 48, 8, 3);
+  const DistillReport soft = distill_student(unrelated.teacher, unrelated.questions, unrelated.head_of_question, o);
+  expect_gain_is_the_best_candidate(unrelated, o, soft);
+  EXPECT_GE(soft.attention_gain, 32.0f);  // the query term at most 1/32 of the attention output
+
+  // Each answer next to its centroid, a sharp teacher over 64 heads and 4
+  // keys: the query itself says more about the answer than 4 keys can.
+  ToyTeacher near = toy_teacher(64, 48, 8, 11);
+  Matrix answers = near.teacher.centroids();
+  const Matrix jitter = random_unit_rows(64, 48, 99);
+  for (std::size_t i = 0; i < answers.data.size(); ++i) answers.data[i] += 0.3f * jitter.data[i];
+  normalize_rows(answers, "answer");
+  near.teacher = MultiHeadProjection(near.teacher.centroids(), answers, 0.02f);
+  const DistillReport sharp = distill_student(near.teacher, near.questions, near.head_of_question, o);
+  expect_gain_is_the_best_candidate(near, o, sharp);
+  EXPECT_LE(sharp.attention_gain, 4.0f);
+
+  // A given gain is used as it is; only the teacher init has one.
+  o.attention_gain = kDefaultAttentionGain;
+  EXPECT_EQ(distill_student(near.teacher, near.questions, near.head_of_question, o).attention_gain,
+            kDefaultAttentionGain);
+  o.init = StudentInit::Random;
+  EXPECT_THROW(distill_student(near.teacher, near.questions, near.head_of_question, o), InputError);
+  o.attention_gain = 0.0f;
+  EXPECT_EQ(distill_student(near.teacher, near.questions, near.head_of_question, o).attention_gain, 0.0f);
+  o.init = StudentInit::Teacher;
+  o.attention_gain = -1.0f;
+  EXPECT_THROW(distill_student(near.teacher, near.questions, near.head_of_question, o), InputError);
+}
+
+TEST(DistillAttentionGain, SetsTheFirstBlocksAttentionOutputToGainTimesIdentity) {
+  const ToyTeacher toy = toy_teacher(8, 24, 4, 2);
+  StudentConfig c;
+  c.dim = 24;
+  c.num_heads = 4;
+  c.keys_per_head = 2;
+  StudentWeights w = init_student(c, toy.teacher, StudentInit::Teacher, 1);
+  const StudentTensor& out = w.at("attention.out_proj.weight");
+  for (std::size_t i = 0; i < 24; ++i)
+    for (std::size_t j = 0; j < 24; ++j) ASSERT_EQ(out.values[i * 24 + j], i == j ? kDefaultAttentionGain : 0.0f);
+  set_attention_gain(w, 0.5f);
+  for (std::size_t i = 0; i < 24; ++i)
+    for (std::size_t j = 0; j < 24; ++j) ASSERT_EQ(w.at("attention.out_proj.weight").values[i * 24 + j], i == j ? 0.5f : 0.0f);
+  EXPECT_THROW(set_attention_gain(w, 0.0f), InputError);
+  EXPECT_THROW(set_attention_gain(w, std::nanf("")), InputError);
 }
 
 TEST(DistillDataTest, SeededHeldOutAndLabelledBySource) {

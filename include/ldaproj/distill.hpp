@@ -89,9 +89,10 @@ HeadGroups group_teacher_heads(const MultiHeadProjection& teacher, std::size_t g
 Matrix pool_routing(const Matrix& routing, const std::vector<std::size_t>& group_of_head, std::size_t groups);
 
 //  teacher: keys from k-means of the teacher's centroids, values from the
-//           matching mean answers (keys beyond the number of heads: midpoints
-//           of neighbouring centroids), and the attention set up so that the
-//           student starts out computing the teacher's routing over them.
+//           matching mean answers (keys beyond the number of heads point away
+//           from the mean key, so they start out ignored), and the attention
+//           set up so that the student starts out computing the teacher's
+//           routing over them.
 //  random:  PyTorch's default initialisation, keys/values ~ N(0, 1/dim).
 enum class StudentInit { Teacher, Random };
 std::string_view to_string(StudentInit init);
@@ -101,6 +102,15 @@ StudentInit parse_student_init(std::string_view name);
 // (also computed for random init, for the KL term). Seeded.
 StudentWeights init_student(const StudentConfig& config, const MultiHeadProjection& teacher, StudentInit init,
                             std::uint64_t seed, std::vector<std::size_t>* group_of_head = nullptr);
+
+// The teacher init's scale of the first block's attention output against the
+// query term (init_student uses the default: the attention output dominates).
+inline constexpr float kDefaultAttentionGain = 200.0f;
+// What distill_student tries when DistillOptions::attention_gain is 0.
+inline constexpr float kAttentionGains[] = {0.25f, 0.5f, 1.0f, 2.0f, 4.0f, 8.0f, 16.0f, 32.0f, 64.0f, 200.0f};
+// Sets that scale in teacher-init weights (the first block's attention output
+// projection becomes gain x identity). InputError unless gain > 0.
+void set_attention_gain(StudentWeights& weights, float gain);
 
 // ---------------------------------------------------------------- training
 enum class LrSchedule { Cosine, Step, Constant };
@@ -132,6 +142,13 @@ struct DistillOptions {
   // initial value (the teacher init's projections compute the teacher's
   // routing over the keys, and they cannot overfit a small training set).
   bool keys_only = false;
+  // Teacher init: the scale of the first block's attention output against the
+  // query term of its residual stream. 0 chooses it: the candidate with the
+  // lowest loss on the validation inputs before training (kAttentionGains).
+  // A large gain starts the student as the compressed teacher; a small one
+  // starts it near the query itself, which agrees better with a sharp teacher
+  // over many heads than a few keys can.
+  float attention_gain = 0.0f;
   std::uint64_t seed = 0;
   int threads = 0;  // 0: all cores
 };
@@ -166,6 +183,7 @@ struct DistillReport {
   std::size_t train_samples = 0, validation_samples = 0, validation_questions = 0;
   std::map<std::string, std::size_t> per_source;
   double initial_validation_cosine = 0.0;  // before training
+  float attention_gain = 0.0f;             // the teacher init's, as chosen or given (0 under random init)
 };
 
 // Distils `teacher` (at its own temperature) using data made from `questions`.

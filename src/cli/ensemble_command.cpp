@@ -43,6 +43,10 @@ void EnsembleCommand::add_to(CLI::App& app) {
   command->add_flag("--keys-only", options.student.keys_only,
                     "Students train only their keys and values, keeping the teacher-init projections "
                     "(the end-to-end fine-tuning still trains everything)");
+  command->add_option("--attention-gain", options.student.attention_gain,
+                      "Students' teacher-init attention gain, as `distill --attention-gain` (0: chosen per student)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--cosine-weight", options.student.cosine_weight, "Students' cosine loss weight")
       ->capture_default_str();
   command->add_option("--router-hidden", options.router_hidden, "Meta-router hidden width")->capture_default_str();

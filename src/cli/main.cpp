@@ -403,6 +403,7 @@ int run_distill(const std::string& db, DistillFlags f) {
     json out{{"projection", result.projection},
              {"config", json::parse(r.weights.config.to_json())},
              {"init", std::string(to_string(f.options.init))},
+             {"attention_gain", r.attention_gain},
              {"parameters", r.weights.parameter_count()},
              {"teacher_parameters", teacher_floats},
              {"train_samples", r.train_samples},
@@ -433,6 +434,10 @@ int run_distill(const std::string& db, DistillFlags f) {
               r.stopped_early ? " (stopped early)" : "", r.seconds);
   std::printf("  validation cosine to the teacher: %s at init, %s after training (saved)\n",
               fixed(r.initial_validation_cosine, 4).c_str(), fixed(best_cosine, 4).c_str());
+  if (f.options.init == StudentInit::Teacher) {
+    std::printf("  attention gain at init: %g (%s)\n", r.attention_gain,
+                f.options.attention_gain > 0.0f ? "given" : "chosen by validation loss");
+  }
   return 0;
 }
 
@@ -1158,6 +1163,11 @@ int main(int argc, char** argv) {
     distill_cmd->add_flag("--keys-only", o.keys_only,
                           "Train only the learned keys and values; the projections keep the teacher init "
                           "(less to overfit when the questions cover few clusters)");
+    distill_cmd->add_option("--attention-gain", o.attention_gain,
+                            "Teacher init: scale of the attention output against the query in the residual "
+                            "(large: start as the compressed teacher; small: start near the query). 0 chooses "
+                            "it by validation loss")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);
     distill_cmd->add_option("--samples", o.data.samples, "Generated training inputs (besides the questions)")
         ->capture_default_str();
     distill_cmd->add_option("--sources", df.sources,

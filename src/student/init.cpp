@@ -22,11 +22,6 @@ namespace {
 
 constexpr int kKMeansRounds = 25;
 
-// The residual stream's query term is 1/kAttentionGain of the attention
-// output at init, so the block starts out close to the teacher's projection
-// (LayerNorm is scale-invariant, so the gain costs nothing else).
-constexpr float kAttentionGain = 200.0f;
-
 void normalize_or_keep(float* v, std::size_t n) {
   double sq = 0.0;
   for (std::size_t j = 0; j < n; ++j) sq += double(v[j]) * v[j];
@@ -280,6 +275,16 @@ Matrix pool_routing(const Matrix& routing, const std::vector<std::size_t>& group
   return pooled;
 }
 
+// The residual stream's query term is 1/gain of the attention output at
+// init. A large gain makes the block start close to the teacher's projection
+// over the keys (LayerNorm is scale-invariant, so the gain costs nothing
+// else); a small one keeps the query, which is the better start when the keys
+// are too few for a sharp teacher.
+void set_attention_gain(StudentWeights& weights, float gain) {
+  if (!(gain > 0.0f) || !std::isfinite(gain)) throw InputError("the attention gain must be a positive number");
+  set_identity(weights.at("attention.out_proj.weight"), gain);
+}
+
 StudentWeights init_student(const StudentConfig& config, const MultiHeadProjection& teacher, StudentInit init,
                             std::uint64_t seed, std::vector<std::size_t>* group_of_head) {
   config.validate();
@@ -348,7 +353,7 @@ StudentWeights init_student(const StudentConfig& config, const MultiHeadProjecti
         }
       }
       for (std::size_t i = 0; i < d; ++i) in_proj.values[(2 * d + i) * d + i] = 1.0f;  // value
-      set_identity(w.at("attention.out_proj.weight"), kAttentionGain);
+      set_identity(w.at("attention.out_proj.weight"), kDefaultAttentionGain);
     } else {
       // Later blocks start as the identity (their attention output is zero)
       // with keys and values where the first block's are.

@@ -90,6 +90,7 @@ StoreDistillReport distill_projection(Store& store, const std::string& projectio
                          {"parameters", r.weights.parameter_count()},
                          {"init", std::string(to_string(o.init))},
                          {"keys_only", o.keys_only},
+                         {"attention_gain", r.attention_gain},
                          {"epochs_run", r.history.size()},
                          {"best_epoch", r.best_epoch},
                          {"train_samples", r.train_samples},

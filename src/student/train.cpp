@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -102,6 +103,24 @@ LossTerms loss_terms(ProjectionTransformer& net, const torch::Tensor& inputs, co
   return l;
 }
 
+// The teacher init's attention gain with the lowest loss on the validation
+// inputs, from kAttentionGains (the first of equals).
+float choose_attention_gain(const StudentWeights& initial, const torch::Tensor& inputs, const torch::Tensor& targets,
+                            const torch::Tensor& routing, const AnswerTargets& answer, const DistillOptions& options,
+                            torch::Dtype dtype) {
+  torch::NoGradGuard no_grad;
+  float best_gain = kDefaultAttentionGain;
+  double best_loss = std::numeric_limits<double>::infinity();
+  for (const float gain : kAttentionGains) {
+    StudentWeights w = initial;
+    set_attention_gain(w, gain);
+    ProjectionTransformer net(w, dtype);
+    const double loss = loss_terms(net, inputs, targets, routing, answer, options).total.item<double>();
+    if (loss < best_loss) best_loss = loss, best_gain = gain;
+  }
+  return best_gain;
+}
+
 void check_options(const DistillOptions& o) {
   o.config.validate();
   auto bad = [](const std::string& what) { throw InputError(what); };
@@ -119,6 +138,10 @@ void check_options(const DistillOptions& o) {
   }
   if (o.answer_weight > 0.0 && o.answer_top_k == 0) bad("--answer-top-k must be positive");
   if (o.threads < 0) bad("--threads must be >= 0");
+  if (!(o.attention_gain >= 0.0f) || !std::isfinite(o.attention_gain)) {
+    bad("--attention-gain must be a positive number, or 0 to choose it");
+  }
+  if (o.attention_gain > 0.0f && o.init != StudentInit::Teacher) bad("--attention-gain applies to --init teacher only");
   if (o.keys_only && o.init != StudentInit::Teacher) {
     bad("--keys-only needs --init teacher: with random init the frozen projections would stay random");
   }
@@ -232,7 +255,7 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
 
   const DistillData data = make_distill_data(teacher, questions, head_of_question, options.data);
   std::vector<std::size_t> group_of_head;
-  const StudentWeights initial = init_student(options.config, teacher, options.init, options.seed, &group_of_head);
+  StudentWeights initial = init_student(options.config, teacher, options.init, options.seed, &group_of_head);
   const std::size_t groups = options.kl_weight > 0.0 ? options.config.num_keys() : 0;
   Matrix train_targets, train_routing, val_targets, val_routing;
   teacher_outputs(teacher, data.train_inputs, group_of_head, groups, train_targets, train_routing);
@@ -255,6 +278,13 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
     const torch::Tensor all_answers = to_tensor(teacher.answers(), dtype);
     answer = answer_targets(all_answers, t, options.answer_top_k);
     val_answer = has_validation ? answer_targets(all_answers, vt, options.answer_top_k) : answer;
+  }
+
+  float gain = 0.0f;
+  if (options.init == StudentInit::Teacher) {
+    gain = options.attention_gain > 0.0f ? options.attention_gain
+                                         : choose_attention_gain(initial, vx, vt, vr, val_answer, options, dtype);
+    set_attention_gain(initial, gain);
   }
 
   ProjectionTransformer net(initial, dtype);
@@ -292,6 +322,7 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
   double best_loss = 0.0, initial_cosine = 0.0;
   evaluate(best_loss, initial_cosine);
   report.initial_validation_cosine = initial_cosine;
+  report.attention_gain = gain;
   report.weights = initial;
 
   const std::size_t n = data.train_inputs.rows;
