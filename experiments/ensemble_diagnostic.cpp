@@ -8,13 +8,17 @@
 // With --single 1 it also distils one student with all domains' keys (heads x
 // keys-per-head x domains) and prints, for it and for the oracle mix, the
 // overlap before training (teacher init) and after, split into queries of
-// clusters whose questions were in the training set and of unseen clusters.
+// clusters whose questions were in the training set and of unseen clusters
+// (the "init" lines use the init's old fixed attention gain of 200; training
+// starts from the gain distill chooses). --floor-only 1 prints the overlap of
+// the query itself and of the teacher init at a range of attention gains, and
+// trains nothing.
 //
 //   ensemble_diagnostic [--clusters 100000] [--top-domains 2] [--kl 0.1]
 //                       [--router-epochs 40] [--router-patience 6] [--router-lr 1e-3]
 //                       [--heads 8] [--keys-per-head 8] [--student-epochs 10] [--single 0]
 //                       [--keys-only 0] [--sources questions,perturbed,within,across]
-//                       [--samples 8192]
+//                       [--samples 8192] [--floor-only 0]
 // Numbers and the runs: docs/BENCHMARKS.md (crossover section).
 #include <algorithm>
 #include <cmath>
@@ -95,7 +99,7 @@ Matrix oracle_mix(const Matrix& pooled, const std::vector<Matrix>& student_outpu
 
 int main(int argc, char** argv) {
   std::size_t clusters = 100000, top = 2, domains = 8;
-  bool single = false;
+  bool single = false, floor_only = false;
   EnsembleOptions o;
   o.student.epochs = 10;
   o.seed = 1;
@@ -115,6 +119,7 @@ int main(int argc, char** argv) {
     else if (flag == "--samples") o.student.data.samples = std::strtoul(value, nullptr, 10);
     else if (flag == "--keys-only") o.student.keys_only = std::strtoul(value, nullptr, 10) != 0;
     else if (flag == "--single") single = std::strtoul(value, nullptr, 10) != 0;
+    else if (flag == "--floor-only") floor_only = std::strtoul(value, nullptr, 10) != 0;
     else {
       std::fprintf(stderr, "unknown flag %s (see the comment at the top of the source)\n", flag.c_str());
       return 2;
@@ -130,6 +135,36 @@ int main(int argc, char** argv) {
   domain_options.seed = 1;
   const DomainAssignment assignment = assign_domains(teacher.centroids(), domain_options);
   o.student.config.dim = teacher.dim();
+  const auto want = top10_answers(heads.answers, teacher.project(heads.queries));
+  // The floor any learned projection has to clear: ranking answers by cosine to the query itself.
+  std::printf("top-10 overlap of the query itself (plain query-answer cosine) with the dense teacher: %.3f\n",
+              mean_overlap(want, top10_answers(heads.answers, heads.queries)));
+  std::fflush(stdout);
+  if (floor_only) {
+    // The teacher-init student with its attention output scaled against the
+    // query term (the init uses 200, so the query term is nearly gone).
+    for (std::size_t keys_per_head : {o.student.config.keys_per_head, o.student.config.keys_per_head * domains}) {
+      StudentConfig c = o.student.config;
+      c.keys_per_head = keys_per_head;
+      const StudentWeights base = init_student(c, teacher, StudentInit::Teacher, 1);
+      const Matrix reference = teacher.project(heads.queries);
+      for (float gain : {0.0f, 0.25f, 0.5f, 1.0f, 2.0f, 4.0f, 16.0f, 200.0f}) {
+        StudentWeights w = base;
+        for (float& v : w.at("attention.out_proj.weight").values) v *= gain / 200.0f;
+        const Matrix out = StudentModel(w).forward(heads.queries);
+        double cosine = 0;
+        for (std::size_t r = 0; r < out.rows; ++r) {
+          const double nr = std::sqrt(dot(out.row(r), out.row(r), out.cols));
+          const double nt = std::sqrt(dot(reference.row(r), reference.row(r), out.cols));
+          cosine += dot(out.row(r), reference.row(r), out.cols) / (nr * nt);
+        }
+        std::printf("  teacher init, %zu x %zu keys, attention gain %6.2f: overlap %.3f, cosine %.3f\n", c.num_heads,
+                    keys_per_head, gain, mean_overlap(want, top10_answers(heads.answers, out)),
+                    cosine / static_cast<double>(out.rows));
+      }
+    }
+    return 0;
+  }
   const EnsembleReport report = train_ensemble(teacher, heads.questions, heads.question_head, assignment, o);
 
   const Matrix& q = heads.queries;
@@ -155,7 +190,6 @@ int main(int argc, char** argv) {
     first_agrees += router_first == mass[0].second ? 1.0 : 0.0;
   }
   const double n = static_cast<double>(q.rows);
-  const auto want = top10_answers(heads.answers, teacher.project(q));
   std::printf("%zu clusters, %zu domains, top %zu; students %zu heads x %zu keys, %zu epochs%s; router kl %.2f, "
               "best epoch %zu of %zu\n",
               clusters, domains, top, o.student.config.num_heads, o.student.config.keys_per_head, o.student.epochs,
@@ -201,7 +235,7 @@ int main(int argc, char** argv) {
     initial_outputs.push_back(StudentModel(
         init_student(o.student.config, domain_teacher, StudentInit::Teacher, o.seed + 1000003 * (d + 1))).forward(q));
   }
-  line("domain students, oracle router, teacher init", oracle_mix(pooled, initial_outputs, top));
+  line("domain students, oracle router, init gain 200", oracle_mix(pooled, initial_outputs, top));
   line("domain students, oracle router, trained", oracle_mix(pooled, student_outputs, top));
   line("ensemble (its own router), trained", projected);
 
@@ -209,7 +243,7 @@ int main(int argc, char** argv) {
   one.config.keys_per_head = o.student.config.keys_per_head * domains;
   one.seed = o.seed;
   one.data.seed = o.seed;
-  line("single student (all keys), teacher init",
+  line("single student (all keys), init gain 200",
        StudentModel(init_student(one.config, teacher, StudentInit::Teacher, one.seed)).forward(q));
   const DistillReport single_report = distill_student(teacher, heads.questions, heads.question_head, one);
   line("single student (all keys), trained", StudentModel(single_report.weights).forward(q));

@@ -67,6 +67,11 @@ void BenchCommand::add_to(CLI::App& app) {
                       "every head, also those the training questions leave out (default: questions,perturbed,within,across)");
   command->add_flag("--student-keys-only", student_keys_only,
                     "Students (student, ensemble, student-matched) train only their keys and values");
+  command->add_option("--student-attention-gain", student_attention_gain,
+                      "Students' teacher-init attention gain, as `distill --attention-gain` (0: chosen by "
+                      "validation loss; 200 was the fixed value before)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--domains", domains, "Ensemble domains (k-means over the centroids)")->capture_default_str();
   command->add_option("--top-domains", top_domains, "Ensemble students run per query")->capture_default_str();
   command->add_option("--student-keys-per-head", student_keys_per_head,
@@ -98,6 +103,7 @@ int BenchCommand::run() const {
   o.student.epochs = student_epochs;
   o.student.data.samples = student_samples;
   o.student.keys_only = student_keys_only;
+  o.student.attention_gain = student_attention_gain;
   if (!student_sources.empty()) o.student.data.sources = ldaproj::parse_data_sources(student_sources);
   o.domains = domains;
   o.top_domains = top_domains;

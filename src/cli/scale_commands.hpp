@@ -35,6 +35,7 @@ struct BenchCommand {
   std::size_t student_samples = 8192;
   std::string student_sources;  // empty: the library's default sources
   bool student_keys_only = false;
+  float student_attention_gain = 0.0f;
   std::size_t domains = 8;
   std::size_t top_domains = 2;
   std::size_t student_keys_per_head = 8;
