@@ -135,7 +135,8 @@ int main(int argc, char** argv) {
   domain_options.seed = 1;
   const DomainAssignment assignment = assign_domains(teacher.centroids(), domain_options);
   o.student.config.dim = teacher.dim();
-  const auto want = top10_answers(heads.answers, teacher.project(heads.queries));
+  const Matrix reference = teacher.project(heads.queries);
+  const auto want = top10_answers(heads.answers, reference);
   // The floor any learned projection has to clear: ranking answers by cosine to the query itself.
   std::printf("top-10 overlap of the query itself (plain query-answer cosine) with the dense teacher: %.3f\n",
               mean_overlap(want, top10_answers(heads.answers, heads.queries)));
@@ -147,10 +148,14 @@ int main(int argc, char** argv) {
       StudentConfig c = o.student.config;
       c.keys_per_head = keys_per_head;
       const StudentWeights base = init_student(c, teacher, StudentInit::Teacher, 1);
-      const Matrix reference = teacher.project(heads.queries);
       for (float gain : {0.0f, 0.25f, 0.5f, 1.0f, 2.0f, 4.0f, 16.0f, 200.0f}) {
         StudentWeights w = base;
-        for (float& v : w.at("attention.out_proj.weight").values) v *= gain / 200.0f;
+        if (gain > 0.0f) {
+          set_attention_gain(w, gain);
+        } else {  // no attention output at all: the query alone through the block
+          auto& out_proj = w.at("attention.out_proj.weight").values;
+          std::fill(out_proj.begin(), out_proj.end(), 0.0f);
+        }
         const Matrix out = StudentModel(w).forward(heads.queries);
         double cosine = 0;
         for (std::size_t r = 0; r < out.rows; ++r) {

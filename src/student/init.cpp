@@ -353,7 +353,7 @@ StudentWeights init_student(const StudentConfig& config, const MultiHeadProjecti
         }
       }
       for (std::size_t i = 0; i < d; ++i) in_proj.values[(2 * d + i) * d + i] = 1.0f;  // value
-      set_identity(w.at("attention.out_proj.weight"), kDefaultAttentionGain);
+      set_attention_gain(w, kDefaultAttentionGain);
     } else {
       // Later blocks start as the identity (their attention output is zero)
       // with keys and values where the first block's are.
