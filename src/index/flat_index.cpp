@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <string>
 
-#include "common/gemm.hpp"
+#include "index/top_k.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/index.hpp"
 
@@ -33,27 +33,14 @@ std::vector<std::vector<Hit>> FlatIndex::search(const Matrix& queries, std::size
     throw InputError("index search: queries have dimension " + std::to_string(queries.cols) +
                      ", index has " + std::to_string(dim_));
   }
-  Matrix scores;
-  if (queries.rows == 1) {
-    // One query (the latency path): OpenBLAS's GEMM would pack the whole
-    // corpus first; GEMV reads it once, about 5x faster at 1k-10k vectors.
-    scores = Matrix(1, vectors_.rows);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(vectors_.rows), static_cast<int>(dim_), 1.0f,
-                vectors_.data.data(), static_cast<int>(dim_), queries.data.data(), 1, 0.0f, scores.data.data(), 1);
-  } else {
-    detail::gemm_abt(queries, vectors_, scores);
-  }
-  const std::size_t take = std::min(k, labels_.size());
-  std::vector<std::size_t> order(labels_.size());
+  // Blocked: memory stays a few MB per thread however many queries and vectors there are.
+  const detail::TopK best =
+      detail::top_k_inner_product(queries.data.data(), queries.rows, vectors_.data.data(), vectors_.rows, dim_, k);
   for (std::size_t q = 0; q < queries.rows; ++q) {
-    const float* s = scores.row(q);
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(take),
-                      order.end(), [s](std::size_t a, std::size_t b) {
-                        return s[a] > s[b] || (s[a] == s[b] && a < b);
-                      });
-    results[q].reserve(take);
-    for (std::size_t i = 0; i < take; ++i) results[q].push_back({labels_[order[i]], s[order[i]]});
+    results[q].reserve(best.k);
+    for (std::size_t i = 0; i < best.k; ++i) {
+      results[q].push_back({labels_[best.index[q * best.k + i]], best.score[q * best.k + i]});
+    }
   }
   return results;
 }
