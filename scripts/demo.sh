@@ -15,8 +15,8 @@ step "import (re-running the demo finds the files unchanged)"
 step "embed questions and answers with the native all-MiniLM-L6-v2 encoder"
 "$bin" embed --db "$db"
 
-step "train the multi-head projection (one head per cluster, temperature 0.1)"
-"$bin" train --db "$db" --temperature 0.1
+step "train the multi-head projection (one head per cluster; it picks its temperature and key learning on held-out training questions)"
+"$bin" train --db "$db"
 
 step "distil the teacher into a student transformer (64 learned keys and values; libtorch)"
 "$bin" distill --db "$db"

@@ -144,7 +144,9 @@ TEST_F(CliDemo, DistillQueryValidateExportImport) {
   // 31 heads, so the teacher-aligned init already reproduces the teacher closely.
   r = run("distill --db " + db + " --heads 4 --keys-per-head 8 --samples 600 --epochs 2 --threads 1 --json");
   ASSERT_EQ(r.code, 0) << r.out;
-  const auto d = nlohmann::json::parse(r.out);
+  // Each phase before the first epoch reports on stderr (merged here), also under --json.
+  EXPECT_NE(r.out.find("distill: teacher targets over"), std::string::npos) << r.out;
+  const auto d = nlohmann::json::parse(r.out.substr(r.out.find("\n{") + 1));
   EXPECT_EQ(d["config"]["num_heads"], 4);
   EXPECT_EQ(d["history"].size(), 2u);
   EXPECT_GT(d["validation_cosine"].get<double>(), 0.9);

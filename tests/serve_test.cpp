@@ -133,7 +133,14 @@ TEST_F(ServeTest, HealthInfoAndClusters) {
   EXPECT_EQ(r.body["heads"], 33);
   EXPECT_EQ(r.body["dim"], 384);
   EXPECT_EQ(r.body["model"], "all-MiniLM-L6-v2");
-  EXPECT_FLOAT_EQ(r.body["temperature"].get<float>(), 0.1f);
+  // `train` chose the temperature on held-out training questions; /v1/info
+  // serves it with what was tried (the projection's training metrics).
+  const json& trained = r.body["training_metrics"];
+  ASSERT_TRUE(trained.contains("tuning")) << r.raw;
+  EXPECT_TRUE(trained["tuning"]["tuned"].get<bool>()) << r.raw;
+  EXPECT_FLOAT_EQ(r.body["temperature"].get<float>(), trained["temperature"].get<float>()) << r.raw;
+  EXPECT_FLOAT_EQ(r.body["temperature"].get<float>(), trained["tuning"]["chosen"]["temperature"].get<float>())
+      << r.raw;
   // The methods are the library's: every method it knows works on a trained store.
   std::vector<std::string> offered;
   for (const auto& m : r.body["methods"]) {

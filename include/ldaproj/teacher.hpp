@@ -2,6 +2,7 @@
 // compared with: direct query->answer cosine and a single global matrix W.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -33,7 +34,22 @@ std::vector<float> compute_centroid(const Matrix& questions, CentroidMethod meth
 //   softmax_i(cos(question, key_i) / temperature)
 // against each question's head, keys kept unit length. The teacher then
 // routes with keys that separate neighbouring clusters instead of their
-// means. Deterministic; InputError on mismatched shapes or heads.
+// means. Deterministic for a thread count; InputError on mismatched shapes or heads.
+//
+// Memory is bounded whatever the size (key_learning_memory): with at most
+// `exact_up_to` keys every question's softmax runs over every key, questions
+// streamed in blocks (the same loss and gradient as one scores matrix);
+// beyond, over its own head's keys and the `candidates` keys nearest to it
+// (pooled per head), found by an exact blocked search and searched again every
+// `refresh_every` epochs as the keys move. Keys outside a question's
+// candidates then get no gradient from it, and the reported loss is the
+// cross-entropy over the candidates (a lower bound of the full one).
+struct KeyLearningProgress {
+  std::size_t epoch = 0, epochs = 0;
+  double loss = 0, accuracy = 0;  // this epoch's forward pass (before its update)
+  double seconds = 0;             // since learning started
+  bool refreshed = false;         // the candidates were searched again before this epoch
+};
 struct KeyLearningOptions {
   std::size_t epochs = 100;
   float lr = 0.002f;
@@ -41,14 +57,43 @@ struct KeyLearningOptions {
   // and weight decay of W.
   float adapter_lr = 0.0002f;
   float adapter_decay = 0.0f;
+  std::size_t exact_up_to = 1024;
+  std::size_t candidates = 32;      // competitors per question beyond exact_up_to (0: always exact)
+  std::size_t refresh_every = 25;   // epochs between candidate searches (0: only before the first)
+  // The search scans every key up to this many keys; beyond, it goes through
+  // coarse k-means lists of the keys, scoring each question against the keys
+  // of its `probe` nearest lists (approximate: a competitor in another list is missed).
+  std::size_t exact_search_up_to = 20000;
+  std::size_t probe = 32;
+  int threads = 0;                  // 0: every core this process may use
+  // After every epoch, e.g. for a progress line.
+  std::function<void(const KeyLearningProgress&)> on_epoch = {};
+  // Called after each epoch listed in `checkpoints` with the unit keys (and
+  // the adapter, or null); returning false stops the learning there.
+  std::vector<std::size_t> checkpoints = {};
+  std::function<bool(std::size_t epoch, const Matrix& keys, const Matrix* adapter)> on_checkpoint = {};
 };
 struct KeyLearningReport {
-  std::size_t epochs = 0;
+  std::size_t epochs = 0;                           // epochs run
   double initial_loss = 0, final_loss = 0;          // mean cross-entropy on the questions
   double initial_accuracy = 0, final_accuracy = 0;  // share routed to their own head
+  bool exact = true;                                // softmax over every key (else over candidates)
+  std::size_t candidates = 0;                       // competitors per question (every key when exact)
+  std::size_t refreshes = 0;                        // candidate searches
+  bool stopped_early = false;                       // a checkpoint ended it before `epochs`
+  // Candidate mode: the mean share of each question's full softmax mass
+  // (over every key) that its candidates hold at the final keys, measured on
+  // up to 1,024 questions; 1 when exact.
+  double candidate_mass = 1.0;
+  double seconds = 0;
 };
 KeyLearningReport learn_keys(Matrix& keys, const Matrix& questions, const std::vector<std::size_t>& head_of_question,
                              float temperature, const KeyLearningOptions& options = {});
+// Whether learn_keys runs exactly for this many keys, and about how many
+// bytes it allocates (to refuse a run that cannot fit before it starts).
+bool key_learning_is_exact(std::size_t keys, const KeyLearningOptions& options);
+std::size_t key_learning_memory(std::size_t keys, std::size_t questions, std::size_t dim, bool adapter,
+                                const KeyLearningOptions& options);
 // The general form: several keys per head (head_of_key[i] is key i's head;
 // a head's routing mass is the sum over its keys, i.e. its score is the
 // log-sum-exp of its keys' scores) and, when `adapter` is not null, a query
@@ -70,6 +115,9 @@ Matrix adapt_queries(const Matrix& adapter, const Matrix& queries);
 // Scales every row to unit L2 norm in place. Throws InputError naming the row
 // (with `what` as the kind of row, e.g. "query") when a row is zero or not finite.
 void normalize_rows(Matrix& m, std::string_view what);
+
+// Whether every row has unit L2 norm (within `tolerance`) and is finite.
+bool has_unit_rows(const Matrix& m, double tolerance = 1e-5);
 
 // Numerically stable softmax of scores/temperature, in place over `n` values.
 void softmax_inplace(float* scores, std::size_t n, float temperature);

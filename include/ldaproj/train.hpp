@@ -4,18 +4,40 @@
 #include <string>
 #include <vector>
 
+#include <functional>
+#include <optional>
+
 #include "ldaproj/store.hpp"
 #include "ldaproj/teacher.hpp"
+#include "ldaproj/tuning.hpp"
 
 namespace ldaproj {
 
+// Held-out queries for the tuning (e.g. `train --val FILE`): embeddings and
+// the external id of each query's cluster ("" or an unknown id: not used).
+struct ValidationSet {
+  Matrix queries;
+  std::vector<std::string> clusters;
+};
+
 struct TeacherTrainOptions {
   std::string name;  // empty: "multi_head_<model>"
-  float temperature = kDefaultTemperature;
+  // Unset: chosen by the tuning when `tune` is on (ldaproj/tuning.hpp),
+  // otherwise kDefaultTemperature and centroid keys (no key learning).
+  std::optional<float> temperature;
   CentroidMethod centroid_method = CentroidMethod::Mean;
   // > 0: after the centroids, learn discriminative keys for that many epochs
-  // (learn_keys at `temperature`); 0 keeps the centroids.
-  std::size_t key_epochs = 0;
+  // (learn_keys at the temperature); 0 keeps the centroids.
+  std::optional<std::size_t> key_epochs;
+  // Choose the unset settings on held-out questions, then refit on all of
+  // them. Off here, on in `ldaproj train` (unless --no-tune).
+  bool tune = false;
+  SliceOptions slice;                         // how the held-out slice is drawn
+  const ValidationSet* validation = nullptr;  // held-out queries to use instead of a slice
+  std::size_t key_candidates = KeyLearningOptions{}.candidates;  // competitors per question at scale
+  int threads = 0;                            // 0: every core
+  // Progress lines (loading, each tuning result, each key-learning epoch).
+  std::function<void(const std::string&)> on_progress = {};
   float key_lr = KeyLearningOptions{}.lr;
   // > 1: that many keys per head, started by k-means over the head's
   // questions (kmeans_sub_keys) and learned with key_epochs; a head's routing
@@ -35,7 +57,14 @@ struct TeacherTrainReport {
   std::size_t questions = 0;
   std::vector<std::string> warnings;  // e.g. clusters skipped for lack of questions
   KeyLearningReport keys;             // epochs == 0 when keys were not learned
+  float temperature = 0;              // the one the projection routes with
+  TuningReport tuning;                // what the tuning tried and chose (tuned == false: not run)
+  double seconds = 0;
 };
+
+// The tuning as stored in a projection's metrics under "tuning" (a JSON
+// object: the chosen setting, every trial, where the held-out data came from).
+std::string tuning_metrics_json(const TuningReport& tuning);
 
 // What a stored projection routes with: one key per head (the centroids) or
 // its sub-keys, each key's head and answer, and its query adapter (0 x 0

@@ -23,9 +23,11 @@
 #include <tuple>
 #include <vector>
 
+#include "cli/command_support.hpp"
 #include "cli/fine_tune_command.hpp"
 #include "cli/progress.hpp"
 #include "cli/scale_commands.hpp"
+#include "cli/train_command.hpp"
 #include "ldaproj/distill.hpp"
 #include "ldaproj/ensemble.hpp"
 #include "ldaproj/encoder.hpp"
@@ -133,33 +135,6 @@ struct TeacherFlags {
   }
 };
 
-void require_existing_db(const std::string& db) {
-  if (!fs::exists(db)) {
-    throw InputError("database " + db + " does not exist; create it with `ldaproj import --db " +
-                     db + " FILE...`");
-  }
-}
-
-// The embedding model a store was embedded with: the only one, or the one
-// the user names when there are several.
-std::string pick_embedding_model(const Store& store, const std::string& requested) {
-  StoreStats stats = store.stats();
-  if (!requested.empty()) return requested;
-  // A model registered by an embed run that stored nothing does not count.
-  std::erase_if(stats.embeddings_per_model, [](const auto& model) { return model.second == 0; });
-  if (stats.embeddings_per_model.empty()) {
-    throw InputError("no embeddings in " + store.path().string() + "; run `ldaproj embed --db " +
-                     store.path().string() + "` first");
-  }
-  if (stats.embeddings_per_model.size() > 1) {
-    std::string names;
-    for (const auto& [name, count] : stats.embeddings_per_model) names += " " + name;
-    throw InputError("the store holds embeddings of several models (" + names.substr(1) +
-                     "); choose one with --embedding-model");
-  }
-  return stats.embeddings_per_model.front().first;
-}
-
 std::string percent(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%5.1f%%", 100.0 * v);
@@ -193,19 +168,6 @@ std::vector<float> parse_float_list(const std::string& text, const char* flag) {
   }
   if (values.empty()) throw InputError(std::string(flag) + ": give a comma-separated list, e.g. 0.05,0.1,0.5");
   return values;
-}
-
-// Runs `action`; a failure that is not the user's input (I/O, a full disk)
-// gets `doing` in front so the message says which step failed.
-template <typename Action>
-auto while_doing(const std::string& doing, Action&& action) {
-  try {
-    return action();
-  } catch (const InputError&) {
-    throw;
-  } catch (const Error& e) {
-    throw Error(doing + ": " + e.what());
-  }
 }
 
 // ---------------------------------------------------------------- import
@@ -324,29 +286,6 @@ int run_embed(const std::string& db, const EncoderFlags& flags, std::size_t batc
   return 0;
 }
 
-// ---------------------------------------------------------------- train
-int run_train(const std::string& db, const std::string& embedding_model, TeacherTrainOptions options,
-              const std::string& centroid) {
-  require_existing_db(db);
-  Store store = Store::open(db);
-  options.centroid_method = parse_centroid_method(centroid);
-  const float temperature = options.temperature;
-  const std::string model = pick_embedding_model(store, embedding_model);
-  const TeacherTrainReport r =
-      while_doing("training on " + db, [&] { return train_teacher(store, model, options); });
-  for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
-  std::printf("trained projection \"%s\": %zu heads from %zu questions, %s centroids, "
-              "temperature %g, model %s (now active)\n",
-              r.name.c_str(), r.heads, r.questions, centroid.c_str(), temperature, model.c_str());
-  if (r.keys.epochs > 0) {
-    std::printf("  learned keys: %zu epochs, training questions routed to their own head %.1f%% -> %.1f%%, "
-                "cross-entropy %.4f -> %.4f\n",
-                r.keys.epochs, 100 * r.keys.initial_accuracy, 100 * r.keys.final_accuracy, r.keys.initial_loss,
-                r.keys.final_loss);
-  }
-  return 0;
-}
-
 // ---------------------------------------------------------------- distill
 struct DistillFlags {
   DistillOptions options;
@@ -375,6 +314,11 @@ int run_distill(const std::string& db, DistillFlags f) {
   std::unique_ptr<Progress> bar;
   DistillObserver observer;
   const bool show = !f.quiet && !f.as_json;
+  // Phases before the first epoch can take minutes at 100k heads: reported
+  // on stderr also under --json (stdout keeps the JSON alone).
+  if (!f.quiet) {
+    observer.on_phase = [](const std::string& line) { std::fprintf(stderr, "distill: %s\n", line.c_str()); };
+  }
   if (show) {
     observer.on_batch = [&bar](const DistillProgress& p) {
       if (p.batch == 1) {
@@ -929,9 +873,35 @@ int run_stats(const std::string& db, bool as_json) {
     std::printf("  embeddings %lld (%s)\n", static_cast<long long>(count), model.c_str());
   }
   for (const auto& p : s.projections) {
-    std::printf("  projection %s%s: model %s, temperature %g, %s centroids, %s, metrics %s\n",
+    // The tuning's trials are a table's worth of numbers: text shows the
+    // choice and how it was validated, --json every trial.
+    json metrics = json::parse(p.metrics_json.empty() ? "{}" : p.metrics_json, nullptr, false);
+    std::string tuned;
+    if (metrics.is_object() && metrics.contains("tuning") && metrics["tuning"].is_object()) {
+      const json tuning = metrics["tuning"];
+      metrics.erase("tuning");
+      if (tuning.value("tuned", false) && tuning.contains("chosen")) {
+        const json& c = tuning["chosen"];
+        char line[512];
+        std::snprintf(line, sizeof line,
+                      "\n    tuned: temperature %g, %s; R@1 %.1f%%, MRR@10 %.3f on %s; %zu settings tried "
+                      "(stats --json lists them)",
+                      c.value("temperature", 0.0),
+                      c.value("key_epochs", 0) > 0
+                          ? ("learned keys (" + std::to_string(c.value("key_epochs", 0)) + " epochs)").c_str()
+                          : "centroid keys",
+                      100.0 * c.value("recall_at_1", 0.0), c.value("mrr_at_10", 0.0),
+                      tuning.value("note", std::string("held-out questions")).c_str(),
+                      tuning.contains("trials") ? tuning["trials"].size() : std::size_t{0});
+        tuned = line;
+      } else {
+        tuned = "\n    not tuned: " + tuning.value("note", std::string("no held-out questions"));
+      }
+    }
+    std::printf("  projection %s%s: model %s, temperature %g, %s centroids, %s, metrics %s%s\n",
                 p.name.c_str(), p.active ? " (active)" : "", p.model.c_str(), p.temperature,
-                p.centroid_method.c_str(), p.created_at.c_str(), p.metrics_json.c_str());
+                p.centroid_method.c_str(), p.created_at.c_str(),
+                metrics.is_object() ? metrics.dump().c_str() : p.metrics_json.c_str(), tuned.c_str());
   }
   for (const auto& st : s.students) {
     const StudentConfig& c = st.weights.config;
@@ -1093,35 +1063,8 @@ int main(int argc, char** argv) {
   embed_cmd->add_flag("--quiet,-q", quiet, "No progress output");
   embed_cmd->footer("Resumable: every finished batch is committed, so an interrupted run loses nothing.");
 
-  float temperature = ldaproj::kDefaultTemperature;
-  std::string name, centroid = "mean", embedding_model;
-  auto* train_cmd = app.add_subcommand("train", "Train the multi-head projection (one head per cluster)");
-  add_db(train_cmd);
-  train_cmd->add_option("--temperature", temperature, "Routing softmax temperature")->capture_default_str()->check(CLI::PositiveNumber);
-  train_cmd->add_option("--name", name, "Projection name (default: multi_head_<model>)");
-  train_cmd->add_option("--centroid", centroid, "Centroid of a head's questions: mean or reweighted")
-      ->capture_default_str()->check(CLI::IsMember({"mean", "reweighted"}));
-  train_cmd->add_option("--embedding-model", embedding_model, "Embedding model name when the store holds several");
-  ldaproj::TeacherTrainOptions train_options;
-  std::size_t& key_epochs = train_options.key_epochs;
-  float& key_lr = train_options.key_lr;
-  train_cmd->add_option("--learn-keys", key_epochs,
-                        "Epochs of discriminative key learning after the centroids (cross-entropy of the routing "
-                        "softmax on the training questions; 0: plain centroids)")
-      ->capture_default_str();
-  train_cmd->add_option("--key-lr", key_lr, "Adam learning rate for --learn-keys")->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  train_cmd->add_option("--keys-per-head", train_options.keys_per_head,
-                        "Keys per head: > 1 starts that many sub-keys per head by k-means over its questions "
-                        "(learned with --learn-keys); a head's routing score is the log-sum-exp of its keys'")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  train_cmd->add_flag("--query-adapter", train_options.query_adapter,
-                      "With --learn-keys: also learn a query adapter W (d x d, from zero); the teacher then routes "
-                      "normalise(q + W q)");
-  train_cmd->add_option("--adapter-lr", train_options.adapter_lr, "Adam learning rate of --query-adapter")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  train_cmd->add_option("--adapter-decay", train_options.adapter_decay, "Weight decay of --query-adapter")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  TrainCommand train;
+  train.add_to(app);
 
   DistillFlags df;
   auto* distill_cmd = app.add_subcommand("distill", "Distil the teacher into a student transformer with learned keys/values");
@@ -1176,6 +1119,10 @@ int main(int argc, char** argv) {
     distill_cmd->add_option("--validation-fraction", o.data.validation_fraction,
                             "Share of each cluster's questions held out for early stopping")
         ->capture_default_str()->check(CLI::Range(0.0, 0.9));
+    distill_cmd->add_option("--max-validation-questions", o.data.max_validation_questions,
+                            "At most this many held-out questions (each validated with 3 perturbed copies every epoch); "
+                            "the rest of those drawn train")
+        ->capture_default_str()->check(CLI::PositiveNumber);
     distill_cmd->add_option("--noise", o.data.noise, "Largest noise level for perturbed inputs")
         ->capture_default_str()->check(CLI::NonNegativeNumber);
     distill_cmd->add_option("--seed", o.seed, "Seed for data, init and shuffling")->capture_default_str();
@@ -1324,11 +1271,7 @@ int main(int argc, char** argv) {
     if (*distill_cmd) return run_distill(db, df);
     if (*export_cmd) return run_export(db, export_projection, export_out, export_ensemble);
     if (*embed_cmd) return run_embed(db, enc, embed_batch, quiet);
-    if (*train_cmd) {
-      train_options.temperature = temperature;
-      train_options.name = name;
-      return run_train(db, embedding_model, train_options, centroid);
-    }
+    if (*train.command) return train.run();
     if (*query_cmd) {
       qf.temperature = query_temperature;
       return run_query(db, enc, teacher, qf, query_texts);

@@ -17,6 +17,7 @@
 #include <random>
 #include <thread>
 
+#include "common/memory.hpp"
 #include "embed/torch_bert.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/error.hpp"
@@ -166,8 +167,26 @@ EncoderFineTuneReport fine_tune_encoder(const fs::path& base_model_dir, const La
   const auto tokenizer = Tokenizer::from_file(base_model_dir / "tokenizer.json");
   const std::size_t max_tokens = base.options().max_tokens;
   const std::size_t frozen = bert.layers.size() - options.layers;
-  const auto train_states = detail::bert_prefix_states(bert, tokenize(tokenizer, train.texts, max_tokens), frozen);
-  const auto val_states = detail::bert_prefix_states(bert, tokenize(tokenizer, validation.texts, max_tokens), frozen);
+  const auto train_ids = tokenize(tokenizer, train.texts, max_tokens);
+  const auto val_ids = tokenize(tokenizer, validation.texts, max_tokens);
+  {
+    // The frozen layers' output is cached per question token (float32): at
+    // 274k questions that is gigabytes, so check before any work.
+    std::size_t tokens = 0;
+    for (const auto* ids : {&train_ids, &val_ids})
+      for (const auto& seq : *ids) tokens += seq.size();
+    const std::size_t need = tokens * static_cast<std::size_t>(bert.hidden) * sizeof(float) +
+                             (train_ids.size() + val_ids.size()) * 512 +
+                             train.classes * static_cast<std::size_t>(bert.hidden) * sizeof(float) * 8;
+    const std::size_t available = detail::available_memory_bytes();
+    if (available > 0 && need > available) {
+      throw InputError("fine-tuning on " + std::to_string(train_ids.size()) + " questions (" + std::to_string(tokens) +
+                       " tokens) caches the frozen layers' outputs in about " + detail::gigabytes(need) + " and " +
+                       detail::gigabytes(available) + " is available; fine-tune on a store with fewer questions");
+    }
+  }
+  const auto train_states = detail::bert_prefix_states(bert, train_ids, frozen);
+  const auto val_states = detail::bert_prefix_states(bert, val_ids, frozen);
   const std::vector<TorchBertLayer> pretrained(bert.layers.begin() + static_cast<std::ptrdiff_t>(frozen), bert.layers.end());
   const torch::Tensor train_y = labels_tensor(train), val_y = labels_tensor(validation);
   const bool has_validation = !validation.texts.empty();

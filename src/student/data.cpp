@@ -7,7 +7,7 @@
 #include <random>
 #include <sstream>
 
-#include "common/gemm.hpp"
+#include "index/top_k.hpp"
 #include "ldaproj/distill.hpp"
 #include "ldaproj/error.hpp"
 
@@ -132,6 +132,15 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
     train_of_head[h].assign(rows.begin() + static_cast<std::ptrdiff_t>(hold), rows.end());
     train.insert(train.end(), train_of_head[h].begin(), train_of_head[h].end());
   }
+  if (held_out.size() > options.max_validation_questions) {
+    // An even random subset stays held out; the others go back to training.
+    std::shuffle(held_out.begin(), held_out.end(), rng);
+    for (std::size_t i = options.max_validation_questions; i < held_out.size(); ++i) {
+      train.push_back(held_out[i]);
+      train_of_head[head_of_question[held_out[i]]].push_back(held_out[i]);
+    }
+    held_out.resize(options.max_validation_questions);
+  }
   std::sort(train.begin(), train.end());
   std::sort(held_out.begin(), held_out.end());
 
@@ -139,29 +148,27 @@ DistillData make_distill_data(const MultiHeadProjection& teacher, const Matrix& 
   for (std::size_t h = 0; h < heads; ++h)
     if (!train_of_head[h].empty()) heads_with_questions.push_back(h);
   // Nearest other clusters (by centroid) that have training questions, for
-  // the heads "across" will draw from; computed in slices so that a teacher
-  // with many heads never needs its full heads x heads similarity matrix.
+  // the heads "across" will draw from: a blocked top-k search over those
+  // heads' centroids, so that many heads need neither a heads x heads
+  // similarity matrix nor a scan and sort of every head per wanted head.
   std::vector<std::vector<std::size_t>> neighbours(heads);
   auto find_neighbours = [&](const std::vector<std::size_t>& wanted) {
-    constexpr std::size_t kSlice = 256;
-    const Matrix& c = centroids;
-    for (std::size_t begin = 0; begin < wanted.size(); begin += kSlice) {
-      const std::size_t end = std::min(wanted.size(), begin + kSlice);
-      Matrix slice(end - begin, d);
-      for (std::size_t i = begin; i < end; ++i) std::copy(c.row(wanted[i]), c.row(wanted[i]) + d, slice.row(i - begin));
-      Matrix sim;
-      detail::gemm_abt(slice, c, sim);
-      for (std::size_t i = begin; i < end; ++i) {
-        const std::size_t h = wanted[i];
-        const float* row = sim.row(i - begin);
-        std::vector<std::size_t> others;
-        for (std::size_t o : heads_with_questions)
-          if (o != h) others.push_back(o);
-        const std::size_t take = std::min(kAcrossNeighbours, others.size());
-        std::partial_sort(others.begin(), others.begin() + static_cast<std::ptrdiff_t>(take), others.end(),
-                          [row](std::size_t a, std::size_t b) { return row[a] > row[b]; });
-        others.resize(take);
-        neighbours[h] = std::move(others);
+    if (wanted.empty() || heads_with_questions.empty()) return;
+    Matrix base(heads_with_questions.size(), d), queries(wanted.size(), d);
+    for (std::size_t i = 0; i < heads_with_questions.size(); ++i) {
+      std::copy(centroids.row(heads_with_questions[i]), centroids.row(heads_with_questions[i]) + d, base.row(i));
+    }
+    for (std::size_t i = 0; i < wanted.size(); ++i) {
+      std::copy(centroids.row(wanted[i]), centroids.row(wanted[i]) + d, queries.row(i));
+    }
+    // One more than needed: a wanted head with questions finds itself first.
+    const detail::TopK near = detail::top_k_inner_product(queries.data.data(), queries.rows, base.data.data(),
+                                                          base.rows, d, kAcrossNeighbours + 1);
+    for (std::size_t i = 0; i < wanted.size(); ++i) {
+      std::vector<std::size_t>& out = neighbours[wanted[i]];
+      for (std::size_t j = 0; j < near.k && out.size() < kAcrossNeighbours; ++j) {
+        const std::size_t o = heads_with_questions[near.index[i * near.k + j]];
+        if (o != wanted[i]) out.push_back(o);
       }
     }
   };

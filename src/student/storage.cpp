@@ -1,6 +1,8 @@
 // Distilling a stored projection and keeping its student in the store: reads
 // the teacher and its questions, runs distill_student and saves the result
 // tied to the projection.
+#include <chrono>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
@@ -70,7 +72,15 @@ ProjectionTeacher load_projection_teacher(const Store& store, const std::string&
 
 StoreDistillReport distill_projection(Store& store, const std::string& projection_name, const DistillOptions& options,
                                       const DistillObserver& observer) {
+  const auto started = std::chrono::steady_clock::now();
   const ProjectionTeacher loaded = load_projection_teacher(store, projection_name);
+  if (observer.on_phase) {
+    char line[160];
+    std::snprintf(line, sizeof line, "loaded the teacher: %zu heads, %zu questions (%.1fs)", loaded.teacher.num_heads(),
+                  loaded.questions.rows,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    observer.on_phase(line);
+  }
   const Projection& projection = loaded.projection;
   const MultiHeadProjection& teacher = loaded.teacher;
   const std::size_t dim = teacher.dim();

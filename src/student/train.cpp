@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -147,6 +148,12 @@ void check_options(const DistillOptions& o) {
   }
 }
 
+std::string fixed_gain(float gain) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", double(gain));
+  return buf;
+}
+
 int thread_count(int requested) {
   if (requested > 0) return requested;
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -253,13 +260,28 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
   torch::set_num_threads(1);
   openblas_set_num_threads(thread_count(options.threads));
 
+  auto phase_start = std::chrono::steady_clock::now();
+  auto phase_done = [&](const std::string& what) {
+    const auto now = std::chrono::steady_clock::now();
+    if (observer.on_phase) {
+      char secs[32];
+      std::snprintf(secs, sizeof secs, " (%.1fs)", std::chrono::duration<double>(now - phase_start).count());
+      observer.on_phase(what + secs);
+    }
+    phase_start = now;
+  };
   const DistillData data = make_distill_data(teacher, questions, head_of_question, options.data);
+  phase_done("inputs: " + std::to_string(data.train_inputs.rows) + " to train on, " +
+             std::to_string(data.validation_inputs.rows) + " to validate on");
   std::vector<std::size_t> group_of_head;
   StudentWeights initial = init_student(options.config, teacher, options.init, options.seed, &group_of_head);
+  phase_done("student init (" + std::string(to_string(options.init)) + ", " +
+             std::to_string(initial.parameter_count()) + " parameters)");
   const std::size_t groups = options.kl_weight > 0.0 ? options.config.num_keys() : 0;
   Matrix train_targets, train_routing, val_targets, val_routing;
   teacher_outputs(teacher, data.train_inputs, group_of_head, groups, train_targets, train_routing);
   teacher_outputs(teacher, data.validation_inputs, group_of_head, groups, val_targets, val_routing);
+  phase_done("teacher targets over " + std::to_string(teacher.num_heads()) + " heads");
   // The teacher sets OpenBLAS to its own thread count (all cores unless
   // capped); training's many small products must go back to the requested
   // count, or --threads 1 trains with two spinning BLAS threads.
@@ -278,6 +300,7 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
     const torch::Tensor all_answers = to_tensor(teacher.answers(), dtype);
     answer = answer_targets(all_answers, t, options.answer_top_k);
     val_answer = has_validation ? answer_targets(all_answers, vt, options.answer_top_k) : answer;
+    phase_done("answer targets (top " + std::to_string(options.answer_top_k) + " answers per input)");
   }
 
   float gain = 0.0f;
@@ -285,6 +308,7 @@ DistillReport distill_student(const MultiHeadProjection& teacher, const Matrix& 
     gain = options.attention_gain > 0.0f ? options.attention_gain
                                          : choose_attention_gain(initial, vx, vt, vr, val_answer, options, dtype);
     set_attention_gain(initial, gain);
+    phase_done("attention gain " + fixed_gain(gain));
   }
 
   ProjectionTransformer net(initial, dtype);

@@ -69,6 +69,16 @@ void normalize_rows(Matrix& m, std::string_view what) {
   }
 }
 
+bool has_unit_rows(const Matrix& m, double tolerance) {
+  for (std::size_t i = 0; i < m.rows; ++i) {
+    const float* r = m.row(i);
+    double sq = 0.0;
+    for (std::size_t j = 0; j < m.cols; ++j) sq += static_cast<double>(r[j]) * r[j];
+    if (!(std::abs(sq - 1.0) <= tolerance)) return false;
+  }
+  return true;
+}
+
 void softmax_inplace(float* scores, std::size_t n, float temperature) {
   if (n == 0) return;
   check_temperature(temperature);

@@ -151,6 +151,21 @@ LDAPROJ_AVX512 inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+LDAPROJ_AVX512 float dot_avx512(const float* a, const float* b, std::size_t n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+  std::size_t j = 0;
+  for (; j + 64 <= n; j += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(b + j + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 32), _mm512_loadu_ps(b + j + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 48), _mm512_loadu_ps(b + j + 48), s3);
+  }
+  for (; j + 16 <= n; j += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
+  float tail = 0.0f;
+  for (; j < n; ++j) tail += a[j] * b[j];
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))) + tail;
+}
+
 LDAPROJ_AVX512 double exp_avx512(float* x, std::size_t n, float shift, float inv_t) {
   const __m512 vshift = _mm512_set1_ps(shift), vinv = _mm512_set1_ps(inv_t);
   __m512 total = _mm512_setzero_ps();
@@ -338,6 +353,13 @@ void stream_heads(Isa isa, const HeadRows& c, const HeadRows& a, const float* q,
       break;
     }
   }
+}
+
+float dot(Isa isa, const float* a, const float* b, std::size_t n) {
+  if (isa == Isa::Avx512) return dot_avx512(a, b, n);
+  float s = 0.0f;
+  for (std::size_t j = 0; j < n; ++j) s += a[j] * b[j];
+  return s;
 }
 
 double exp_shifted(Isa isa, float* x, std::size_t n, float shift, float inv_t) {

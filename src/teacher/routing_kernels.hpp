@@ -33,6 +33,10 @@ struct OnlineSoftmax {
 void stream_heads(Isa isa, const HeadRows& centroids, const HeadRows& answers, const float* q,
                   float inv_t, std::size_t begin, std::size_t end, float* scores, OnlineSoftmax& state);
 
+// Inner product of two rows (key learning's gathered candidates); the AVX-512
+// version keeps four independent sums so it is not bound by FMA latency.
+float dot(Isa isa, const float* a, const float* b, std::size_t n);
+
 // x[i] = exp((x[i] - shift) * inv_t) for i < n; returns the sum.
 double exp_shifted(Isa isa, float* x, std::size_t n, float shift, float inv_t);
 

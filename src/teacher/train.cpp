@@ -3,14 +3,18 @@
 // keys (or several sub-keys per head, and a query adapter) from the
 // questions, and saves them as a projection; and how a stored projection's
 // keys, answers and adapter are laid out for routing (projection_routing).
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_map>
 
+#include "common/memory.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/train.hpp"
+#include "ldaproj/tuning.hpp"
 
 namespace ldaproj {
 
@@ -76,15 +80,43 @@ ProjectionRouting projection_routing(const Projection& projection, std::size_t d
   return out;
 }
 
+namespace {
+
+nlohmann::json trial_json(const TuningTrial& t) {
+  return {{"temperature", t.temperature}, {"key_epochs", t.key_epochs}, {"recall_at_1", t.recall_at_1},
+          {"mrr_at_10", t.mrr_at_10}};
+}
+
+nlohmann::json tuning_metrics(const TuningReport& tuning) {
+  nlohmann::json out{{"tuned", tuning.tuned}, {"note", tuning.note}, {"seconds", tuning.seconds}};
+  if (!tuning.tuned) return out;
+  out["validation"] = {{"source", tuning.source}, {"queries", tuning.validation_queries}, {"folds", tuning.folds},
+                       {"seed", tuning.seed}};
+  out["chosen"] = trial_json(tuning.chosen);
+  out["trials"] = nlohmann::json::array();
+  for (const TuningTrial& t : tuning.trials) out["trials"].push_back(trial_json(t));
+  return out;
+}
+
+}  // namespace
+
+std::string tuning_metrics_json(const TuningReport& tuning) { return tuning_metrics(tuning).dump(); }
+
 TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
                                  const TeacherTrainOptions& options) {
+  const auto started = std::chrono::steady_clock::now();
+  auto say = [&](const std::string& line) {
+    if (options.on_progress) options.on_progress(line);
+  };
   if (options.keys_per_head == 0) throw InputError("--keys-per-head must be at least 1");
-  if (options.query_adapter && options.key_epochs == 0) {
+  if (options.query_adapter && options.key_epochs && *options.key_epochs == 0) {
     throw InputError("--query-adapter is learned together with the keys; give --learn-keys N (N > 0) too");
   }
-  if (!(options.temperature > 0.0f) || !std::isfinite(options.temperature)) {
-    throw InputError("--temperature must be a positive number, got " +
-                     std::to_string(options.temperature));
+  if (options.query_adapter && !options.key_epochs && !options.tune) {
+    throw InputError("--query-adapter is learned together with the keys; give --learn-keys N (N > 0) too");
+  }
+  if (options.temperature && (!(*options.temperature > 0.0f) || !std::isfinite(*options.temperature))) {
+    throw InputError("--temperature must be a positive number, got " + std::to_string(*options.temperature));
   }
   const auto model = store.find_model(model_name);
   if (!model) {
@@ -99,9 +131,34 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
                      " answers have no \"" + model_name + "\" embedding yet; run `ldaproj embed --db " +
                      store.path().string() + "` first");
   }
+  const bool tune = options.tune && (!options.temperature || !options.key_epochs);
+  const StoreStats counts = store.stats();
+  {
+    // Refuse before any work what cannot fit: the embeddings (read, then
+    // gathered by head), the keys and what learning them takes.
+    const std::size_t d = model->dim, m = static_cast<std::size_t>(counts.questions),
+                      n = static_cast<std::size_t>(counts.clusters) * options.keys_per_head;
+    std::size_t need = (2 * m + 2 * static_cast<std::size_t>(counts.answers)) * d * sizeof(float) +
+                       3 * static_cast<std::size_t>(counts.clusters) * d * sizeof(float);
+    const bool may_learn = options.key_epochs.value_or(tune ? 1 : 0) > 0;
+    if (may_learn) {
+      KeyLearningOptions learning;
+      learning.threads = options.threads;
+      learning.candidates = options.key_candidates;
+      need += key_learning_memory(n, m, d, options.query_adapter, learning);
+      if (tune) need += m * d * sizeof(float) * 2;  // a fold's questions and their unit copy
+    }
+    const std::size_t available = detail::available_memory_bytes();
+    if (available > 0 && need > available) {
+      throw InputError("training " + std::to_string(counts.clusters) + " clusters with " + std::to_string(m) +
+                       " questions needs about " + detail::gigabytes(need) + " of memory and " + detail::gigabytes(available) +
+                       " is available" + (may_learn ? "; --threads 1 or --learn-keys 0 (centroid keys) needs less" : ""));
+    }
+  }
 
-  const EmbeddingSet q_emb = store.embeddings(model->id, EntityKind::Question);
-  const EmbeddingSet a_emb = store.embeddings(model->id, EntityKind::Answer);
+  say("loading embeddings");
+  EmbeddingSet q_emb = store.embeddings(model->id, EntityKind::Question);
+  EmbeddingSet a_emb = store.embeddings(model->id, EntityKind::Answer);
   const auto q_row = row_of(q_emb);
   const auto a_row = row_of(a_emb);
 
@@ -128,13 +185,17 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
   Projection projection;
   projection.name = report.name;
   projection.model = model_name;
-  projection.temperature = options.temperature;
   projection.centroid_method = std::string(to_string(options.centroid_method));
 
-  std::vector<const Group*> head_groups;
   std::unordered_map<std::int64_t, std::string> external;
   for (const Cluster& c : store.clusters()) external.emplace(c.id, c.external_id);
 
+  // The training questions grouped by head (rows of `questions`), and each
+  // head's answer embedding.
+  const std::size_t dim = model->dim;
+  Matrix questions(0, dim);
+  std::vector<std::size_t> head_of_question;
+  std::vector<std::size_t> first_row;  // per head: its first row in `questions`
   for (auto& [cluster_id, g] : groups) {
     const std::string& name = external[cluster_id];
     if (g.questions.empty()) {
@@ -152,29 +213,104 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
       report.warnings.push_back("cluster \"" + name + "\" has no \"default\" or \"" + model_name +
                                 "\" answer; using its other variants");
     }
+    const Matrix mine = gather(q_emb, g.questions);
     Head head;
     head.cluster_id = cluster_id;
-    head.centroid = compute_centroid(gather(q_emb, g.questions), options.centroid_method);
+    head.centroid = compute_centroid(mine, options.centroid_method);
     head.answer = compute_centroid(gather(a_emb, answer_rows), CentroidMethod::Mean);
     head.num_questions = static_cast<std::int64_t>(g.questions.size());
+    first_row.push_back(questions.rows);
+    questions.data.insert(questions.data.end(), mine.data.begin(), mine.data.end());
+    questions.rows += mine.rows;
+    head_of_question.insert(head_of_question.end(), mine.rows, projection.heads.size());
     report.questions += g.questions.size();
     projection.heads.push_back(std::move(head));
-    head_groups.push_back(&g);
   }
   if (projection.heads.empty()) {
     throw InputError("no cluster in " + store.path().string() +
                      " has both questions and an answer; import data first");
   }
+  q_emb = EmbeddingSet{};  // the rows now live in `questions`
+  a_emb = EmbeddingSet{};
+  // Unit rows once here, so the tuning and the key learning need no copies.
+  normalize_rows(questions, "question embedding");
+  first_row.push_back(questions.rows);
   report.heads = projection.heads.size();
-  nlohmann::json metrics{{"heads", report.heads}, {"questions", report.questions}, {"warnings", report.warnings.size()}};
+  Matrix head_answers(report.heads, dim);
+  for (std::size_t h = 0; h < report.heads; ++h) {
+    std::copy(projection.heads[h].answer.begin(), projection.heads[h].answer.end(), head_answers.row(h));
+  }
+
+  // Held-out data: a validation file given by the caller (queries of known
+  // clusters only), else a slice of the training questions.
+  HeldOutQueries validation;
+  if (options.validation) {
+    std::unordered_map<std::string, std::size_t> head_of_cluster;
+    for (std::size_t h = 0; h < report.heads; ++h) head_of_cluster.emplace(external[projection.heads[h].cluster_id], h);
+    const ValidationSet& v = *options.validation;
+    if (v.clusters.size() != v.queries.rows) throw InputError("validation: one cluster per query");
+    std::size_t skipped = 0;
+    validation.queries = Matrix(0, dim);
+    for (std::size_t i = 0; i < v.clusters.size(); ++i) {
+      auto it = head_of_cluster.find(v.clusters[i]);
+      if (it == head_of_cluster.end()) {
+        ++skipped;
+        continue;
+      }
+      validation.queries.data.insert(validation.queries.data.end(), v.queries.row(i), v.queries.row(i) + dim);
+      ++validation.queries.rows;
+      validation.heads.push_back(it->second);
+    }
+    if (skipped > 0) {
+      report.warnings.push_back(std::to_string(skipped) +
+                                " validation queries are out of scope or name no trained cluster; not used");
+    }
+    if (validation.queries.rows == 0) {
+      throw InputError("the validation queries name none of the " + std::to_string(report.heads) +
+                       " trained clusters");
+    }
+  }
+
+  float temperature = options.temperature.value_or(options.tune ? default_temperature_for(report.heads)
+                                                                 : kDefaultTemperature);
+  std::size_t key_epochs = options.key_epochs.value_or(0);
+  if (tune) {
+    TuningOptions t;
+    t.slice = options.slice;
+    t.temperature = options.temperature;
+    t.key_epochs = options.key_epochs;
+    t.centroid_method = options.centroid_method;
+    t.keys_per_head = options.keys_per_head;
+    t.query_adapter = options.query_adapter;
+    t.learning.lr = options.key_lr;
+    t.learning.adapter_lr = options.adapter_lr;
+    t.learning.adapter_decay = options.adapter_decay;
+    t.learning.candidates = options.key_candidates;
+    t.validation = options.validation ? &validation : nullptr;
+    t.threads = options.threads;
+    t.on_progress = options.on_progress;
+    report.tuning = tune_teacher(questions, head_of_question, head_answers, t);
+    if (!report.tuning.tuned) report.warnings.push_back("not tuned: " + report.tuning.note);
+    temperature = report.tuning.chosen.temperature;
+    key_epochs = report.tuning.chosen.key_epochs;
+    if (options.query_adapter && key_epochs == 0) key_epochs = kTuningKeyEpochs[0];
+  }
+  report.temperature = temperature;
+  projection.temperature = temperature;
+
+  nlohmann::json metrics{{"heads", report.heads}, {"questions", report.questions}, {"warnings", report.warnings.size()},
+                         {"temperature", temperature}};
+  if (options.tune) metrics["tuning"] = tune ? tuning_metrics(report.tuning) : nlohmann::json{{"tuned", false},
+                                                                                              {"note", "every setting was given"}};
   const std::size_t per_head = options.keys_per_head;
-  if (options.key_epochs > 0 || per_head > 1) {
-    const std::size_t dim = projection.heads.front().centroid.size();
+  if (key_epochs > 0 || per_head > 1) {
     Matrix keys(0, dim);
-    std::vector<std::size_t> head_of_key, rows, head_of;
+    std::vector<std::size_t> head_of_key;
     for (std::size_t h = 0; h < projection.heads.size(); ++h) {
       if (per_head > 1) {
-        const Matrix sub = kmeans_sub_keys(gather(q_emb, head_groups[h]->questions), per_head);
+        Matrix mine(first_row[h + 1] - first_row[h], dim);
+        std::copy(questions.row(first_row[h]), questions.row(first_row[h + 1]), mine.data.begin());
+        const Matrix sub = kmeans_sub_keys(mine, per_head);
         keys.data.insert(keys.data.end(), sub.data.begin(), sub.data.end());
         keys.rows += sub.rows;
         head_of_key.insert(head_of_key.end(), sub.rows, h);
@@ -183,20 +319,32 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
         ++keys.rows;
         head_of_key.push_back(h);
       }
-      for (std::size_t r : head_groups[h]->questions) {
-        rows.push_back(r);
-        head_of.push_back(h);
-      }
     }
     Matrix adapter;
-    if (options.key_epochs > 0) {
-      KeyLearningOptions learning{options.key_epochs, options.key_lr, options.adapter_lr, options.adapter_decay};
-      report.keys = learn_keys(keys, head_of_key, options.query_adapter ? &adapter : nullptr, gather(q_emb, rows),
-                               head_of, options.temperature, learning);
+    if (key_epochs > 0) {
+      KeyLearningOptions learning{key_epochs, options.key_lr, options.adapter_lr, options.adapter_decay};
+      learning.candidates = options.key_candidates;
+      learning.threads = options.threads;
+      // A line a second at most (and the last epoch), so small stores do not flood the terminal.
+      double last_line = -1;
+      learning.on_epoch = [&](const KeyLearningProgress& p) {
+        if (p.epoch != p.epochs && p.seconds - last_line < 1.0) return;
+        last_line = p.seconds;
+        char line[160];
+        std::snprintf(line, sizeof line, "learning keys: epoch %zu/%zu, loss %.4f, routed to own head %.1f%%, %.1fs%s",
+                      p.epoch, p.epochs, p.loss, 100 * p.accuracy, p.seconds,
+                      p.refreshed ? " (competitors searched again)" : "");
+        say(line);
+      };
+      if (tune) say("refitting on all " + std::to_string(questions.rows) + " questions");
+      report.keys = learn_keys(keys, head_of_key, options.query_adapter ? &adapter : nullptr, questions,
+                               head_of_question, temperature, learning);
       metrics["learned_keys"] = {{"epochs", report.keys.epochs}, {"lr", options.key_lr},
                                  {"initial_accuracy", report.keys.initial_accuracy},
                                  {"final_accuracy", report.keys.final_accuracy},
-                                 {"initial_loss", report.keys.initial_loss}, {"final_loss", report.keys.final_loss}};
+                                 {"initial_loss", report.keys.initial_loss}, {"final_loss", report.keys.final_loss},
+                                 {"exact", report.keys.exact}, {"candidates", report.keys.candidates},
+                                 {"seconds", report.keys.seconds}};
     }
     if (per_head > 1) {
       // The heads keep their question centroids for whatever reads one key
@@ -220,7 +368,10 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
                                   {"frobenius_norm", std::sqrt(norm)}};
     }
   }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  metrics["seconds"] = report.seconds;
   projection.metrics_json = metrics.dump();
+  say("saving the projection");
   report.projection_id = store.save_projection(projection);
   return report;
 }
