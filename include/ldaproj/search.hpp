@@ -136,6 +136,7 @@ class Searcher {
   struct Impl;
   explicit Searcher(std::unique_ptr<Impl> impl);
   void check_queries(const Matrix& queries) const;
+  std::size_t query_block() const;  // queries per block of search and project
   static void check_question_options(const SearchOptions& options);
   static void check_blend_options(const SearchOptions& options);
   std::unique_ptr<Impl> impl_;

@@ -4,6 +4,7 @@
 // optional out-of-scope rejection by confidence.
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <mutex>
 #include <numeric>
 #include <string>
@@ -376,9 +377,39 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
   return Searcher(std::move(impl));
 }
 
+namespace {
+
+// Rows [begin, end) of a matrix.
+Matrix row_block(const Matrix& m, std::size_t begin, std::size_t end) {
+  Matrix out(end - begin, m.cols);
+  std::copy(m.row(begin), m.row(begin) + out.data.size(), out.data.begin());
+  return out;
+}
+
+}  // namespace
+
+std::size_t Searcher::query_block() const {
+  // Routing weights and similarities are queries x keys (or heads, or
+  // questions): blocks of queries keep each such matrix near 64 MiB, so a
+  // large batch against 100k heads runs in bounded memory.
+  const Impl& s = *impl_;
+  const std::size_t widest = std::max({s.teacher.num_heads(), s.head_clusters.size(), std::size_t{1}});
+  return std::max<std::size_t>(1, (std::size_t{1} << 24) / widest);
+}
+
 Matrix Searcher::project(const Matrix& queries, const SearchOptions& options) const {
   const Impl& s = *impl_;
   check_queries(queries);
+  if (const std::size_t block = query_block(); queries.rows > block) {
+    Matrix out(0, s.teacher.dim());
+    out.data.reserve(queries.rows * s.teacher.dim());
+    for (std::size_t begin = 0; begin < queries.rows; begin += block) {
+      const Matrix part = project(row_block(queries, begin, std::min(queries.rows, begin + block)), options);
+      out.data.insert(out.data.end(), part.data.begin(), part.data.end());
+      out.rows += part.rows;
+    }
+    return out;
+  }
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   switch (options.method) {
     case Method::Direct: {
@@ -458,6 +489,15 @@ void Searcher::check_queries(const Matrix& queries) const {
 std::vector<QueryResult> Searcher::search(const Matrix& queries, const SearchOptions& options) const {
   const Impl& s = *impl_;
   check_queries(queries);
+  if (const std::size_t block = query_block(); queries.rows > block) {
+    std::vector<QueryResult> results;
+    results.reserve(queries.rows);
+    for (std::size_t begin = 0; begin < queries.rows; begin += block) {
+      auto part = search(row_block(queries, begin, std::min(queries.rows, begin + block)), options);
+      std::move(part.begin(), part.end(), std::back_inserter(results));
+    }
+    return results;
+  }
   const float temperature = options.temperature.value_or(s.teacher.temperature());
   Matrix projected;
   Matrix weights;

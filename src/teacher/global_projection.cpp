@@ -6,6 +6,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <Eigen/Dense>
+#include <algorithm>
 #include <string>
 
 #include "ldaproj/error.hpp"
@@ -37,8 +38,13 @@ GlobalProjection GlobalProjection::fit(const Matrix& centroids, const Matrix& an
   const Eigen::MatrixXd q = view(centroids).cast<double>();
   const Eigen::MatrixXd a = view(answers).cast<double>();
   Eigen::MatrixXd gram = q.transpose() * q;
-  if (residuals.rows > 0) {
-    const Eigen::MatrixXd r = view(residuals).cast<double>();
+  // The residuals' Gram in blocks: a double copy of 274k residuals would be
+  // 0.8 GB for what ends as a d x d sum.
+  constexpr std::size_t kBlock = 8192;
+  for (std::size_t begin = 0; begin < residuals.rows; begin += kBlock) {
+    const auto rows = static_cast<Eigen::Index>(std::min(kBlock, residuals.rows - begin));
+    const Eigen::MatrixXd r =
+        Eigen::Map<const RowMajor>(residuals.row(begin), rows, d).cast<double>();
     gram.noalias() += lambda * (r.transpose() * r);
   }
   gram += mu * Eigen::MatrixXd::Identity(d, d);
