@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build build-asan build-fuzz build-tsan test test-fast test-tsan fuzz fuzz-replay tidy demo bench bench-serve bench-quality clean
+.PHONY: all setup build build-asan build-fuzz build-tsan test test-fast test-tsan fuzz fuzz-replay tidy demo bench bench-serve bench-quality bench-defaults clean
 
 all: build
 
@@ -92,6 +92,12 @@ bench-serve: build
 # tuning and trained models are cached under $(BUILD)/quality/, so reruns only re-validate.
 bench-quality: build
 	nice python3 bench/quality.py --build $(BUILD)
+
+# `train` with no flags against --no-tune on the demo, CLINC150 and
+# WikiAnswers (those two skipped when ../shared/datasets lacks them): R@1 per
+# method, train wall time and peak RSS (docs/QUALITY.md, "Defaults at every scale").
+bench-defaults: build
+	nice python3 bench/defaults_quality.py --build $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_FUZZ)

@@ -124,8 +124,10 @@ class Run:
 
     def train_base(self, db, *args):
         """`ldaproj train` on the base encoder's embeddings: named, because once a fine-tuned encoder has
-        embedded the store too, train refuses to guess."""
-        return self.ldaproj("train", "--db", db, "--embedding-model", self.base_model, *args)
+        embedded the store too, train refuses to guess. --no-tune: this benchmark makes every choice on
+        val itself and passes it; a flag it leaves out means the plain setting (centroid keys), not one
+        train would tune (bench/defaults_quality.py measures the self-tuning)."""
+        return self.ldaproj("train", "--db", db, "--embedding-model", self.base_model, "--no-tune", *args)
 
     def validate(self, split, *args):
         file = self.val if split == "val" else self.test
