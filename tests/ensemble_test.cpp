@@ -341,7 +341,7 @@ TEST_F(EnsembleFiles, SafetensorsAndStoreRoundTrips) {
   StoredEnsemble broken = stored;
   broken.tensors[0].values[0] = std::nanf("");
   EXPECT_THROW(store.save_ensemble(broken), InputError);
-  EXPECT_THROW(from_stored_ensemble(StoredEnsemble{0, "p", stored.config_json, {}, "{}", ""}, "x"), InputError);
+  EXPECT_THROW(from_stored_ensemble(StoredEnsemble{0, "p", stored.config_json, {}, "{}", "", {}, false, {}}, "x"), InputError);
   const EnsembleWeights restored = from_stored_ensemble(stored, "x");
   EXPECT_EQ(EnsembleModel(restored).forward(q).data, EnsembleModel(w).forward(q).data);
 }

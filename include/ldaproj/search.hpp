@@ -116,6 +116,15 @@ class Searcher {
   std::size_t student_parameters() const;  // 0 without a student
   bool has_ensemble() const;
   std::size_t ensemble_parameters() const;  // 0 without an ensemble
+  // How the student and ensemble relate to the projection they are stored
+  // with (nullopt without one): TeacherMatch::Differs only for one imported
+  // with `import --force` from another teacher; Unknown for one stored
+  // before fingerprints or forced without one. Callers that describe the
+  // model (stats, /v1/info) must show anything but Matches.
+  std::optional<Provenance> student_provenance() const;
+  std::optional<Provenance> ensemble_provenance() const;
+  // The projection's fingerprint id (ldaproj/fingerprint.hpp).
+  const std::string& fingerprint_id() const;
 
   const std::string& model_name() const;
   const std::string& projection_name() const;

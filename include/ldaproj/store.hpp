@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "ldaproj/fingerprint.hpp"
 #include "ldaproj/matrix.hpp"
 #include "ldaproj/student.hpp"
 
@@ -73,6 +74,11 @@ struct Projection {
   std::string metrics_json;     // free-form JSON object, "{}" when none
   std::string created_at;       // ISO-8601 UTC
   bool active = false;
+  std::size_t head_count = 0;   // filled by projections() and load_projection
+  // What it was trained from; computed by save_projection (anything set here
+  // is ignored). load_projection computes it for projections stored before
+  // fingerprints; projections() leaves it empty for those.
+  std::optional<Fingerprint> fingerprint;
   std::vector<Head> heads;      // filled by load_projection only
   // Routing beyond one key per head (filled by load_projection only; empty
   // for most projections): "sub_keys" [keys, dim] with "sub_key_heads" [keys]
@@ -85,10 +91,17 @@ struct Projection {
 // A student distilled from a projection (at most one per projection).
 struct StoredStudent {
   std::int64_t id = 0;
-  std::string projection;       // name of the projection it was distilled from
+  std::string projection;       // name of the projection it is stored with
   StudentWeights weights;       // tensors empty when listed by students()
   std::string metrics_json;     // free-form JSON object, "{}" when none
   std::string created_at;       // ISO-8601 UTC
+  // The fingerprint of the teacher it was distilled from. save_student
+  // refuses one that differs from the projection's unless `forced`; left
+  // empty (and not forced), the caller vouches that it is the projection's own
+  // and the projection's fingerprint is stored.
+  std::optional<Fingerprint> teacher_fingerprint;
+  bool forced = false;          // stored against a different or unknown teacher (import --force)
+  Provenance provenance;        // filled when read: how it relates to its projection
 };
 
 // A hierarchical ensemble trained for a projection (at most one per
@@ -100,6 +113,32 @@ struct StoredEnsemble {
   std::vector<StudentTensor> tensors;  // empty when listed by ensembles()
   std::string metrics_json;            // free-form JSON object, "{}" when none
   std::string created_at;              // ISO-8601 UTC
+  // As for StoredStudent.
+  std::optional<Fingerprint> teacher_fingerprint;
+  bool forced = false;
+  Provenance provenance;
+};
+
+// What save_projection_as does when a projection of the same name exists.
+enum class ExistingProjection {
+  Replace,   // replace it, dropping its student and ensemble (SavedProjection says so)
+  Refuse,    // InputError naming it and what it holds
+  NextFree,  // keep it: save under the first free "<name>-2", "<name>-3", ...
+};
+
+struct SavedProjection {
+  std::int64_t id = 0;
+  std::string name;              // as saved (NextFree may have added a suffix)
+  bool replaced = false;         // an earlier projection of that name was replaced...
+  bool dropped_student = false;  // ...and its student and ensemble with it
+  bool dropped_ensemble = false;
+  std::string previously_active;  // the model's active projection before, "" if none or replaced
+};
+
+struct DeletedProjection {
+  std::string name;
+  bool had_student = false, had_ensemble = false;
+  std::string activated;  // the projection made active in its place, "" if none was needed
 };
 
 struct ImportBatch {
@@ -171,18 +210,34 @@ class Store {
                       const std::vector<std::int64_t>& ids, const Matrix& vectors);
   EmbeddingSet embeddings(std::int64_t model_id, EntityKind kind) const;
 
-  // Stores the projection and its heads and makes it the active one for its
-  // model, all in one transaction. Returns its id. A projection with the same
-  // name is replaced.
+  // Stores the projection, its heads and its fingerprint and makes it the
+  // active one for its model, all in one transaction. Returns its id. A
+  // projection with the same name is replaced (save_projection_as says
+  // what that dropped, or keeps it).
   std::int64_t save_projection(const Projection& projection);
+  SavedProjection save_projection_as(const Projection& projection, ExistingProjection existing);
+  // Makes the named projection the store's only active one (the default of
+  // every command), in one transaction; returns the one active before ("" if
+  // none). InputError listing the projections when there is none of that name.
+  std::string activate_projection(const std::string& name);
+  // Deletes the named projection with its student and ensemble, in one
+  // transaction. The active one is refused unless `activate` names another to
+  // activate instead, or `force` is set (then the most recently trained one
+  // left becomes active). InputError listing the projections for unknown names.
+  DeletedProjection delete_projection(const std::string& name, const std::string& activate = {},
+                                      bool force = false);
+  // The named (or active) projection's fingerprint; nullopt without one.
+  std::optional<Fingerprint> projection_fingerprint(const std::string& name = {}) const;
   // The named projection, or the active one when name is empty; nullopt if none.
   std::optional<Projection> load_projection(const std::string& name = {}) const;
   std::vector<Projection> projections() const;  // without heads
 
   // Stores `student` as the student of the projection it names, replacing an
   // earlier one, in one transaction. Returns its id. InputError when the
-  // projection does not exist, the weights do not match their config or
-  // their dimension is not the projection's model's; nothing is written then.
+  // projection does not exist, the weights do not match their config,
+  // their dimension is not the projection's model's, or its teacher
+  // fingerprint is not the projection's and it is not `forced`; nothing is
+  // written then.
   std::int64_t save_student(const StoredStudent& student);
   // The student of the named projection (or the active one when empty).
   std::optional<StoredStudent> load_student(const std::string& projection_name = {}) const;
@@ -190,8 +245,8 @@ class Store {
 
   // Stores the ensemble of the projection it names, replacing an earlier
   // one, in one transaction. InputError when the projection does not exist,
-  // the config is not a JSON object or a tensor is malformed or not finite;
-  // nothing is written then.
+  // the config is not a JSON object, a tensor is malformed or not finite, or
+  // the teacher fingerprint differs as for save_student; nothing is written then.
   std::int64_t save_ensemble(const StoredEnsemble& ensemble);
   // The ensemble of the named projection (or the active one when empty).
   std::optional<StoredEnsemble> load_ensemble(const std::string& projection_name = {}) const;
@@ -199,6 +254,12 @@ class Store {
 
   std::vector<ImportBatch> batches() const;
   StoreStats stats() const;
+
+  // A consistent copy of the whole database at `destination` (which must not
+  // exist) through SQLite's VACUUM INTO: safe while other processes write,
+  // unlike copying a WAL database's file. Written under a temporary name and
+  // renamed, so a failure leaves no file behind.
+  void backup_to(const std::filesystem::path& destination) const;
 
   const std::filesystem::path& path() const;
 

@@ -22,6 +22,10 @@ struct ValidationSet {
 
 struct TeacherTrainOptions {
   std::string name;  // empty: "multi_head_<model>"
+  // When a projection of that name exists: replaced (the library's default),
+  // refused before any work, or kept with the new one saved as "<name>-2",
+  // "-3", ... (`ldaproj train` without --name).
+  ExistingProjection existing = ExistingProjection::Replace;
   // Unset: chosen by the tuning when `tune` is on (ldaproj/tuning.hpp),
   // otherwise kDefaultTemperature and centroid keys (no key learning).
   std::optional<float> temperature;
@@ -52,7 +56,8 @@ struct TeacherTrainOptions {
 
 struct TeacherTrainReport {
   std::int64_t projection_id = 0;
-  std::string name;
+  std::string name;       // as saved
+  SavedProjection saved;  // what saving replaced or kept
   std::size_t heads = 0;
   std::size_t questions = 0;
   std::vector<std::string> warnings;  // e.g. clusters skipped for lack of questions

@@ -267,7 +267,9 @@ StoreEnsembleReport train_projection_ensemble(Store& store, const std::string& p
                                {"routed_teacher_mass", r.routed_teacher_mass},
                                {"best_teacher_mass", r.best_teacher_mass},
                                {"seconds", r.seconds}};
-  store.save_ensemble(to_stored_ensemble(r.weights, projection.name, metrics.dump()));
+  StoredEnsemble stored = to_stored_ensemble(r.weights, projection.name, metrics.dump());
+  stored.teacher_fingerprint = projection.fingerprint;  // as for distill_projection
+  store.save_ensemble(stored);
   return out;
 }
 

@@ -62,6 +62,8 @@ struct Searcher::Impl {
   Matrix head_centroids, head_answer_rows;  // per head, as stored
   StudentModel student;  // empty when none was distilled
   EnsembleModel ensemble;  // empty when none was trained
+  std::optional<Provenance> student_provenance, ensemble_provenance;
+  std::string fingerprint_id;
   std::unique_ptr<Index> answer_index;
   Matrix answer_corpus;  // kept only for an approximate index, to measure its recall
   std::vector<std::int64_t> answer_labels;
@@ -336,6 +338,7 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
                   std::to_string(student->weights.config.dim) + ", its model " + std::to_string(dim));
     }
     impl->student = StudentModel(student->weights);
+    impl->student_provenance = student->provenance;
   }
   if (auto ensemble = load_ensemble_weights(store, projection->name)) {
     if (ensemble->config.dim != dim || ensemble->domain_of_head.size() != impl->head_clusters.size()) {
@@ -343,7 +346,11 @@ Searcher Searcher::load(const Store& store, const std::string& projection_name,
                   "with `ldaproj ensemble`");
     }
     impl->ensemble = EnsembleModel(*ensemble);
+    for (const StoredEnsemble& e : store.ensembles()) {
+      if (e.projection == projection->name) impl->ensemble_provenance = e.provenance;
+    }
   }
+  if (projection->fingerprint) impl->fingerprint_id = projection->fingerprint->id;
 
   for (const Cluster& c : store.clusters()) impl->cluster_names.emplace(c.id, c.external_id);
 
@@ -596,6 +603,9 @@ std::size_t Searcher::student_parameters() const { return impl_->student.paramet
 
 const std::string& Searcher::model_name() const { return impl_->model_name; }
 const std::string& Searcher::projection_name() const { return impl_->projection_name; }
+std::optional<Provenance> Searcher::student_provenance() const { return impl_->student_provenance; }
+std::optional<Provenance> Searcher::ensemble_provenance() const { return impl_->ensemble_provenance; }
+const std::string& Searcher::fingerprint_id() const { return impl_->fingerprint_id; }
 float Searcher::temperature() const { return impl_->teacher.temperature(); }
 std::size_t Searcher::num_heads() const { return impl_->head_clusters.size(); }
 std::size_t Searcher::num_answers() const { return impl_->answers.size(); }

@@ -2,6 +2,7 @@
 // database, clusters/questions/answers reads, embedding models and vectors,
 // projections with their heads, distilled students, import batches and
 // statistics. Imports are written by src/store/importer.cpp.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,10 +12,12 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <set>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
+#include <unordered_map>
 #include <utility>
 
 #include "ldaproj/error.hpp"
@@ -180,8 +183,47 @@ ModelRow model_by_id(sqlite3* db, std::int64_t model_id, const fs::path& path) {
   return {select.column_text(0), static_cast<std::size_t>(select.column_int(1))};
 }
 
+// Keys the store itself keeps in a metrics object (no schema change needed):
+// a projection's "fingerprint", a student's or ensemble's "teacher_fingerprint"
+// and "forced_import". They are split out into fields when read.
+constexpr const char* kFingerprintKey = "fingerprint";
+constexpr const char* kTeacherFingerprintKey = "teacher_fingerprint";
+constexpr const char* kForcedKey = "forced_import";
+
+// Removes `key` from the metrics object in `metrics_json` and returns its value.
+std::optional<nlohmann::json> take_metric(std::string& metrics_json, const char* key) {
+  nlohmann::json metrics = nlohmann::json::parse(metrics_json, nullptr, false);
+  if (!metrics.is_object() || !metrics.contains(key)) return std::nullopt;
+  nlohmann::json value = metrics[key];
+  metrics.erase(key);
+  metrics_json = metrics.dump();
+  return value;
+}
+
+std::optional<Fingerprint> take_fingerprint(std::string& metrics_json, const char* key) {
+  const auto value = take_metric(metrics_json, key);
+  if (!value || !value->is_object()) return std::nullopt;
+  try {
+    return Fingerprint::from_json(value->dump(), "stored metrics");
+  } catch (const InputError&) {
+    return std::nullopt;  // damaged or from another version: as if it had none
+  }
+}
+
+// `metrics_json` with the store's own keys set (or removed when absent).
+std::string with_fingerprint(const std::string& metrics_json, const char* key, const std::optional<Fingerprint>& f,
+                             bool forced) {
+  nlohmann::json metrics = nlohmann::json::parse(metrics_json.empty() ? "{}" : metrics_json);
+  metrics.erase(key);
+  metrics.erase(kForcedKey);
+  if (f) metrics[key] = nlohmann::json::parse(f->to_json());
+  if (forced) metrics[kForcedKey] = true;
+  return metrics.dump();
+}
+
 constexpr const char* kProjectionColumns =
-    "SELECT p.id, p.name, m.name, p.temperature, p.centroid_method, p.metrics_json, p.created_at, p.active "
+    "SELECT p.id, p.name, m.name, p.temperature, p.centroid_method, p.metrics_json, p.created_at, p.active, "
+    "(SELECT count(*) FROM projection_heads h WHERE h.projection_id = p.id) "
     "FROM projections p JOIN embedding_models m ON m.id = p.model_id ";
 
 Projection projection_from_row(const Statement& row) {
@@ -194,6 +236,36 @@ Projection projection_from_row(const Statement& row) {
   p.metrics_json = row.column_text(5);
   p.created_at = row.column_text(6);
   p.active = row.column_int(7) != 0;
+  p.head_count = static_cast<std::size_t>(row.column_int(8));
+  p.fingerprint = take_fingerprint(p.metrics_json, kFingerprintKey);
+  return p;
+}
+
+std::unordered_map<std::int64_t, std::string> external_ids(sqlite3* db) {
+  Statement select(db, "SELECT id, external_id FROM clusters");
+  std::unordered_map<std::int64_t, std::string> ids;
+  while (select.step()) ids.emplace(select.column_int(0), select.column_text(1));
+  return ids;
+}
+
+// How a student's or ensemble's recorded teacher relates to its projection's fingerprint.
+Provenance provenance_of(const std::optional<Fingerprint>& teacher, bool forced,
+                         const std::optional<Fingerprint>& projection) {
+  Provenance p;
+  p.forced = forced;
+  if (!teacher) {
+    p.detail = forced ? "imported with --force from a file without a teacher fingerprint"
+                      : "stored before ldaproj kept teacher fingerprints";
+  } else if (!projection) {
+    p.detail = "its projection has no fingerprint";
+  } else if (const std::string diff = describe_difference(*teacher, *projection); !diff.empty()) {
+    p.teacher = TeacherMatch::Differs;
+    p.detail = "distilled from another teacher" +
+               (teacher->projection.empty() ? std::string() : " (projection \"" + teacher->projection + "\")") +
+               ": " + diff;
+  } else {
+    p.teacher = TeacherMatch::Matches;
+  }
   return p;
 }
 
@@ -216,6 +288,8 @@ StoredStudent student_from_row(const Statement& row, const fs::path& path) {
                                                                       "\" in " + path.string());
   s.metrics_json = row.column_text(3);
   s.created_at = row.column_text(4);
+  s.teacher_fingerprint = take_fingerprint(s.metrics_json, kTeacherFingerprintKey);
+  s.forced = take_metric(s.metrics_json, kForcedKey).value_or(false) == true;
   return s;
 }
 
@@ -327,6 +401,8 @@ StoredEnsemble ensemble_from_row(const Statement& row) {
   e.config_json = row.column_text(2);
   e.metrics_json = row.column_text(3);
   e.created_at = row.column_text(4);
+  e.teacher_fingerprint = take_fingerprint(e.metrics_json, kTeacherFingerprintKey);
+  e.forced = take_metric(e.metrics_json, kForcedKey).value_or(false) == true;
   return e;
 }
 
@@ -610,6 +686,10 @@ EmbeddingSet Store::embeddings(std::int64_t model_id, EntityKind kind) const {
 }
 
 std::int64_t Store::save_projection(const Projection& projection) {
+  return save_projection_as(projection, ExistingProjection::Replace).id;
+}
+
+SavedProjection Store::save_projection_as(const Projection& projection, ExistingProjection existing) {
   require_writable(*impl_, "saving a projection");
   if (projection.name.empty()) throw InputError("a projection needs a non-empty name");
   const auto model = find_model(projection.model);
@@ -621,8 +701,8 @@ std::int64_t Store::save_projection(const Projection& projection) {
     throw InputError("projection \"" + projection.name + "\": temperature must be a positive number, got " +
                      std::to_string(projection.temperature));
   }
-  const std::string metrics = projection.metrics_json.empty() ? "{}" : projection.metrics_json;
-  if (!nlohmann::json::accept(metrics) || !nlohmann::json::parse(metrics).is_object()) {
+  const std::string given_metrics = projection.metrics_json.empty() ? "{}" : projection.metrics_json;
+  if (!nlohmann::json::accept(given_metrics) || !nlohmann::json::parse(given_metrics).is_object()) {
     throw InputError("projection \"" + projection.name + "\": metrics must be a JSON object");
   }
   for (const Head& head : projection.heads) {
@@ -643,14 +723,60 @@ std::int64_t Store::save_projection(const Projection& projection) {
 
   sqlite3* db = impl_->db;
   Transaction transaction(db, Transaction::Kind::Write);
+  SavedProjection saved;
+  saved.name = projection.name;
+  const auto holdings = [db](const std::string& name) {
+    Statement select(db,
+                     "SELECT p.id, EXISTS(SELECT 1 FROM students s WHERE s.projection_id = p.id), "
+                     "EXISTS(SELECT 1 FROM ensembles e WHERE e.projection_id = p.id) FROM projections p "
+                     "WHERE p.name = ?1");
+    select.bind(1, name);
+    std::optional<std::pair<bool, bool>> found;
+    if (select.step()) found = std::make_pair(select.column_int(1) != 0, select.column_int(2) != 0);
+    return found;
+  };
+  if (existing == ExistingProjection::NextFree) {
+    for (int n = 2; holdings(saved.name); ++n) saved.name = projection.name + "-" + std::to_string(n);
+  } else if (const auto held = holdings(projection.name)) {
+    if (existing == ExistingProjection::Refuse) {
+      const std::string holds = held->first && held->second ? "its student and ensemble"
+                                : held->first               ? "its student"
+                                : held->second              ? "its ensemble"
+                                                            : "";
+      throw InputError("a projection named \"" + projection.name + "\" already exists in " + impl_->path.string() +
+                       (holds.empty() ? "" : " with " + holds) +
+                       "; give another --name, or --replace to replace it" +
+                       (holds.empty() ? "" : " (dropping " + holds + ")") + "; nothing was saved");
+    }
+    saved.replaced = true;
+    saved.dropped_student = held->first;
+    saved.dropped_ensemble = held->second;
+  }
+  {
+    Statement active(db, "SELECT name FROM projections WHERE model_id = ?1 AND active = 1 AND name != ?2");
+    active.bind(1, model->id).bind(2, saved.name);
+    if (active.step()) saved.previously_active = active.column_text(0);
+  }
+  // The fingerprint names clusters by external id, read in this transaction.
+  const auto ids = external_ids(db);
+  for (const Head& head : projection.heads) {
+    if (!ids.count(head.cluster_id)) {
+      throw InputError("projection \"" + projection.name + "\": cluster " + std::to_string(head.cluster_id) +
+                       " does not exist in " + impl_->path.string() + "; nothing was saved");
+    }
+  }
+  Projection named = projection;
+  named.name = saved.name;
+  const std::string metrics =
+      with_fingerprint(given_metrics, kFingerprintKey, fingerprint_of(named, model->dim, ids), false);
   Statement remove(db, "DELETE FROM projections WHERE name = ?1");
-  remove.bind(1, projection.name).run();
+  remove.bind(1, saved.name).run();
   Statement deactivate(db, "UPDATE projections SET active = 0 WHERE model_id = ?1 AND active = 1");
   deactivate.bind(1, model->id).run();
   Statement insert(db,
                    "INSERT INTO projections(name, model_id, temperature, centroid_method, metrics_json, "
                    "created_at, active) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)");
-  insert.bind(1, projection.name)
+  insert.bind(1, saved.name)
       .bind(2, model->id)
       .bind(3, static_cast<double>(projection.temperature))
       .bind(4, projection.centroid_method)
@@ -685,7 +811,8 @@ std::int64_t Store::save_projection(const Projection& projection) {
   }
   insert_tensors(db, "projection_tensors", "projection_id", projection_id, projection.tensors);
   transaction.commit();
-  return projection_id;
+  saved.id = projection_id;
+  return saved;
 }
 
 std::optional<Projection> Store::load_projection(const std::string& name) const {
@@ -718,11 +845,164 @@ std::optional<Projection> Store::load_projection(const std::string& name) const 
   }
   projection.tensors = read_tensors(db, "projection_tensors", "projection_id", projection.id,
                                     "projection \"" + projection.name + "\"", "train it again with `ldaproj train`");
+  // Trained before fingerprints: computed from what is stored, as
+  // save_projection would have.
+  if (!projection.fingerprint && model) projection.fingerprint = fingerprint_of(projection, dim, external_ids(db));
   snapshot.commit();
   return projection;
 }
 
 std::vector<Projection> Store::projections() const { return read_projections(impl_->db); }
+
+std::optional<Fingerprint> Store::projection_fingerprint(const std::string& name) const {
+  sqlite3* db = impl_->db;
+  Transaction snapshot(db, Transaction::Kind::Read);
+  Statement select(db, std::string(kProjectionColumns) +
+                           (name.empty() ? "WHERE p.active = 1 ORDER BY p.id DESC LIMIT 1" : "WHERE p.name = ?1"));
+  if (!name.empty()) select.bind(1, name);
+  if (!select.step()) return std::nullopt;
+  Projection row = projection_from_row(select);
+  std::optional<Fingerprint> fingerprint =
+      row.fingerprint ? std::move(row.fingerprint) : load_projection(row.name)->fingerprint;
+  snapshot.commit();
+  return fingerprint;
+}
+
+namespace {
+
+// "a", "b" (active), ... for messages that must say what exists.
+std::string list_names(const std::vector<Projection>& projections) {
+  if (projections.empty()) return "there are none; train one with `ldaproj train`";
+  std::string out = "it has ";
+  for (std::size_t i = 0; i < projections.size(); ++i) {
+    out += (i ? ", \"" : "\"") + projections[i].name + "\"" + (projections[i].active ? " (active)" : "");
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Store::activate_projection(const std::string& name) {
+  require_writable(*impl_, "activating a projection");
+  sqlite3* db = impl_->db;
+  Transaction transaction(db, Transaction::Kind::Write);
+  const std::vector<Projection> all = read_projections(db);
+  const auto it = std::find_if(all.begin(), all.end(), [&](const Projection& p) { return p.name == name; });
+  if (it == all.end()) {
+    throw InputError("no projection named \"" + name + "\" in " + impl_->path.string() + "; " + list_names(all));
+  }
+  std::string before;
+  for (auto p = all.rbegin(); p != all.rend() && before.empty(); ++p)
+    if (p->active) before = p->name;
+  // One active projection in the whole store: the default of every command is
+  // the newest active one, so another model's would otherwise still win.
+  sqlite::exec(db, "UPDATE projections SET active = 0 WHERE active = 1");
+  Statement activate(db, "UPDATE projections SET active = 1 WHERE id = ?1");
+  activate.bind(1, it->id).run();
+  transaction.commit();
+  return before;
+}
+
+DeletedProjection Store::delete_projection(const std::string& name, const std::string& activate, bool force) {
+  require_writable(*impl_, "deleting a projection");
+  sqlite3* db = impl_->db;
+  Transaction transaction(db, Transaction::Kind::Write);
+  const std::vector<Projection> all = read_projections(db);
+  const auto find = [&](const std::string& n) {
+    return std::find_if(all.begin(), all.end(), [&](const Projection& p) { return p.name == n; });
+  };
+  const auto victim = find(name);
+  if (victim == all.end()) {
+    throw InputError("no projection named \"" + name + "\" in " + impl_->path.string() + "; " + list_names(all));
+  }
+  DeletedProjection out;
+  out.name = name;
+  Statement holds(db,
+                  "SELECT EXISTS(SELECT 1 FROM students WHERE projection_id = ?1), "
+                  "EXISTS(SELECT 1 FROM ensembles WHERE projection_id = ?1)");
+  holds.bind(1, victim->id);
+  holds.step();
+  out.had_student = holds.column_int(0) != 0;
+  out.had_ensemble = holds.column_int(1) != 0;
+  std::int64_t replacement = 0;
+  if (!activate.empty()) {
+    const auto next = find(activate);
+    if (next == all.end() || next == victim) {
+      throw InputError("--activate \"" + activate + "\": " +
+                       (next == victim ? std::string("that is the projection being deleted")
+                                       : "no such projection in " + impl_->path.string() + "; " + list_names(all)) +
+                       "; nothing was deleted");
+    }
+    replacement = next->id;
+    out.activated = next->name;
+  } else if (victim->active) {
+    // The newest other projection: the one a user would most likely fall back to.
+    const auto newest = std::find_if(all.rbegin(), all.rend(), [&](const Projection& p) { return p.id != victim->id; });
+    if (!force) {
+      throw InputError("projection \"" + name + "\" is the active one; name the projection to activate instead with "
+                       "--activate NAME" +
+                       (newest == all.rend() ? std::string(" (there is no other)")
+                                             : " (e.g. --activate " + newest->name + ")") +
+                       ", or give --force to delete it anyway" +
+                       (newest == all.rend() ? std::string(" (leaving the store without a projection)")
+                                             : " and activate \"" + newest->name + "\"") +
+                       "; nothing was deleted");
+    }
+    if (newest != all.rend()) {
+      replacement = newest->id;
+      out.activated = newest->name;
+    }
+  }
+  Statement remove(db, "DELETE FROM projections WHERE id = ?1");
+  remove.bind(1, victim->id).run();
+  if (replacement != 0) {
+    sqlite::exec(db, "UPDATE projections SET active = 0 WHERE active = 1");
+    Statement make_active(db, "UPDATE projections SET active = 1 WHERE id = ?1");
+    make_active.bind(1, replacement).run();
+  }
+  transaction.commit();
+  return out;
+}
+
+namespace {
+
+// Provenance of students or ensembles (as read) against their projections'
+// fingerprints, each projection's read once.
+template <typename Stored>
+void fill_provenance(const Store& store, std::vector<Stored>& items) {
+  std::map<std::string, std::optional<Fingerprint>> projections;
+  for (Stored& item : items) {
+    std::optional<Fingerprint> none;
+    const std::optional<Fingerprint>* own = &none;
+    if (item.teacher_fingerprint) {
+      auto it = projections.find(item.projection);
+      if (it == projections.end()) it = projections.emplace(item.projection, store.projection_fingerprint(item.projection)).first;
+      own = &it->second;
+    }
+    item.provenance = provenance_of(item.teacher_fingerprint, item.forced, *own);
+  }
+}
+
+// The teacher fingerprint to store with a student or ensemble of projection
+// `name`: the one given when it is the projection's own (or forced), the
+// projection's when none is given. InputError naming both when they differ.
+std::optional<Fingerprint> checked_teacher_of(const Store& store, const std::string& what,
+                                              const std::optional<Fingerprint>& teacher, bool forced,
+                                              const std::string& name) {
+  if (forced) return teacher;
+  const std::optional<Fingerprint> own = store.projection_fingerprint(name);
+  if (!teacher) return own;
+  if (own && teacher->id != own->id) {
+    throw InputError(what + " was distilled from another teacher" +
+                     (teacher->projection.empty() ? std::string() : " (projection \"" + teacher->projection + "\")") +
+                     " than projection \"" + name + "\" in " + store.path().string() + ": " +
+                     describe_difference(*teacher, *own) + "; nothing was stored (distil it from this projection, or "
+                     "import it with --force to keep it anyway, marked as foreign)");
+  }
+  return teacher;
+}
+
+}  // namespace
 
 std::int64_t Store::save_student(const StoredStudent& student) {
   require_writable(*impl_, "saving a student");
@@ -748,6 +1028,9 @@ std::int64_t Store::save_student(const StoredStudent& student) {
     throw InputError(what + " has dimension " + std::to_string(student.weights.config.dim) + ", the projection's model \"" +
                      find.column_text(2) + "\" has " + std::to_string(dim) + "; nothing was stored");
   }
+  const std::string stored_metrics = with_fingerprint(
+      metrics, kTeacherFingerprintKey, checked_teacher_of(*this, what, student.teacher_fingerprint, student.forced, student.projection),
+      student.forced);
   Statement remove(db, "DELETE FROM students WHERE projection_id = ?1");
   remove.bind(1, projection_id).run();
   Statement insert(db,
@@ -755,7 +1038,7 @@ std::int64_t Store::save_student(const StoredStudent& student) {
                    "VALUES (?1, ?2, ?3, ?4)");
   insert.bind(1, projection_id)
       .bind(2, student.weights.config.to_json())
-      .bind(3, metrics)
+      .bind(3, stored_metrics)
       .bind(4, student.created_at.empty() ? store_detail::utc_now() : student.created_at)
       .run();
   const std::int64_t student_id = sqlite3_last_insert_rowid(db);
@@ -776,6 +1059,10 @@ std::optional<StoredStudent> Store::load_student(const std::string& projection_n
   const std::string what = "the student of projection \"" + student.projection + "\"";
   student.weights.tensors =
       read_tensors(db, "student_tensors", "student_id", student.id, what, "distil again with `ldaproj distill`");
+  std::vector<StoredStudent> one(1);
+  std::swap(one[0], student);
+  fill_provenance(*this, one);
+  std::swap(one[0], student);
   snapshot.commit();
   try {
     student.weights.validate(what + " in " + impl_->path.string());
@@ -785,7 +1072,13 @@ std::optional<StoredStudent> Store::load_student(const std::string& projection_n
   return student;
 }
 
-std::vector<StoredStudent> Store::students() const { return read_students(impl_->db, impl_->path); }
+std::vector<StoredStudent> Store::students() const {
+  Transaction snapshot(impl_->db, Transaction::Kind::Read);
+  std::vector<StoredStudent> students = read_students(impl_->db, impl_->path);
+  fill_provenance(*this, students);
+  snapshot.commit();
+  return students;
+}
 
 std::int64_t Store::save_ensemble(const StoredEnsemble& ensemble) {
   require_writable(*impl_, "saving an ensemble");
@@ -819,6 +1112,10 @@ std::int64_t Store::save_ensemble(const StoredEnsemble& ensemble) {
                      "; train it first (`ldaproj train`)");
   }
   const std::int64_t projection_id = find.column_int(0);
+  const std::string stored_metrics =
+      with_fingerprint(metrics, kTeacherFingerprintKey,
+                       checked_teacher_of(*this, what, ensemble.teacher_fingerprint, ensemble.forced, ensemble.projection),
+                       ensemble.forced);
   Statement remove(db, "DELETE FROM ensembles WHERE projection_id = ?1");
   remove.bind(1, projection_id).run();
   Statement insert(db,
@@ -826,7 +1123,7 @@ std::int64_t Store::save_ensemble(const StoredEnsemble& ensemble) {
                    "VALUES (?1, ?2, ?3, ?4)");
   insert.bind(1, projection_id)
       .bind(2, ensemble.config_json)
-      .bind(3, metrics)
+      .bind(3, stored_metrics)
       .bind(4, ensemble.created_at.empty() ? store_detail::utc_now() : ensemble.created_at)
       .run();
   const std::int64_t ensemble_id = sqlite3_last_insert_rowid(db);
@@ -847,11 +1144,21 @@ std::optional<StoredEnsemble> Store::load_ensemble(const std::string& projection
   const std::string what = "the ensemble of projection \"" + ensemble.projection + "\"";
   ensemble.tensors = read_tensors(db, "ensemble_tensors", "ensemble_id", ensemble.id, what,
                                   "train it again with `ldaproj ensemble`");
+  std::vector<StoredEnsemble> one(1);
+  std::swap(one[0], ensemble);
+  fill_provenance(*this, one);
+  std::swap(one[0], ensemble);
   snapshot.commit();
   return ensemble;
 }
 
-std::vector<StoredEnsemble> Store::ensembles() const { return read_ensembles(impl_->db); }
+std::vector<StoredEnsemble> Store::ensembles() const {
+  Transaction snapshot(impl_->db, Transaction::Kind::Read);
+  std::vector<StoredEnsemble> ensembles = read_ensembles(impl_->db);
+  fill_provenance(*this, ensembles);
+  snapshot.commit();
+  return ensembles;
+}
 
 std::vector<ImportBatch> Store::batches() const {
   Statement select(impl_->db, "SELECT id, file, sha256, status, imported_at FROM import_batches ORDER BY id");
@@ -861,6 +1168,62 @@ std::vector<ImportBatch> Store::batches() const {
                       select.column_text(4)});
   }
   return result;
+}
+
+void Store::backup_to(const fs::path& destination) const {
+  std::error_code ec;
+  if (fs::exists(destination, ec) || fs::is_symlink(destination, ec)) {
+    throw InputError(destination.string() + " exists; give the backup a new file name (it never overwrites)");
+  }
+  const fs::path dir = directory_of(destination);
+  if (!fs::is_directory(dir, ec)) {
+    throw InputError("cannot write the backup " + destination.string() + ": directory " + dir.string() +
+                     " does not exist");
+  }
+  if (denied(dir)) {
+    throw InputError("cannot write the backup " + destination.string() + ": no write permission on " + dir.string());
+  }
+  // Built under a private name and linked into place, so a failed or
+  // interrupted backup never leaves a partial file under the real name.
+  const fs::path partial = destination.string() + ".partial-" + std::to_string(::getpid());
+  fs::remove(partial, ec);
+  try {
+    // VACUUM INTO reads one snapshot through this connection, WAL included:
+    // unlike copying the file, commits still in the -wal file are kept.
+    Statement vacuum(impl_->db, "VACUUM INTO ?1");
+    vacuum.bind(1, partial.string()).run();
+    sqlite3* copy = nullptr;
+    const int rc = sqlite3_open_v2(partial.c_str(), &copy, SQLITE_OPEN_READONLY, nullptr);
+    std::string check;
+    if (rc == SQLITE_OK) {
+      try {
+        Statement quick(copy, "PRAGMA quick_check");
+        if (quick.step()) check = quick.column_text(0);
+      } catch (const Error& e) {
+        check = e.what();
+      }
+    }
+    sqlite3_close_v2(copy);
+    if (check != "ok") throw Error("the backup " + partial.string() + " does not check out: " + check);
+    // On disk before it gets its name, so a crash cannot leave a torn backup.
+    if (const int fd = ::open(partial.c_str(), O_RDONLY); fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+    // link() fails if the name appeared meanwhile, where rename() would overwrite.
+    if (::link(partial.c_str(), destination.c_str()) != 0) {
+      const int error = errno;
+      const bool no_links = error == EPERM || error == EOPNOTSUPP || error == EMLINK;
+      if (!no_links || fs::exists(destination, ec)) {
+        throw Error("cannot create " + destination.string() + ": " + std::strerror(error));
+      }
+      fs::rename(partial, destination);
+    }
+    fs::remove(partial, ec);
+  } catch (...) {
+    fs::remove(partial, ec);
+    throw;
+  }
 }
 
 StoreStats Store::stats() const {
@@ -879,7 +1242,9 @@ StoreStats Store::stats() const {
   while (per_model.step()) stats.embeddings_per_model.emplace_back(per_model.column_text(0), per_model.column_int(1));
   stats.projections = read_projections(db);
   stats.students = read_students(db, impl_->path);
+  fill_provenance(*this, stats.students);
   stats.ensembles = read_ensembles(db);
+  fill_provenance(*this, stats.ensembles);
   stats.schema_version = schema::user_version(db);
   snapshot.commit();
   return stats;

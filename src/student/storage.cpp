@@ -117,6 +117,9 @@ StoreDistillReport distill_projection(Store& store, const std::string& projectio
   student.projection = projection.name;
   student.weights = r.weights;
   student.metrics_json = metrics.dump();
+  // The teacher as loaded before training: if the projection was replaced
+  // meanwhile, save_student refuses the student instead of mixing them.
+  student.teacher_fingerprint = projection.fingerprint;
   store.save_student(student);
   return out;
 }

@@ -182,6 +182,23 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
 
   TeacherTrainReport report;
   report.name = options.name.empty() ? "multi_head_" + model_name : options.name;
+  // Refused before any work rather than after minutes of training; the save
+  // checks again in its transaction.
+  if (options.existing == ExistingProjection::Refuse) {
+    for (const Projection& p : store.projections()) {
+      if (p.name != report.name) continue;
+      bool student = false, ensemble = false;
+      for (const StoredStudent& s : store.students()) student = student || s.projection == p.name;
+      for (const StoredEnsemble& e : store.ensembles()) ensemble = ensemble || e.projection == p.name;
+      const std::string holds = student && ensemble ? "its student and ensemble"
+                                : student           ? "its student"
+                                : ensemble          ? "its ensemble"
+                                                    : "";
+      throw InputError("a projection named \"" + p.name + "\" already exists in " + store.path().string() +
+                       (holds.empty() ? "" : " with " + holds) + "; give another --name, or --replace to replace it" +
+                       (holds.empty() ? "" : " (dropping " + holds + ")") + "; nothing was trained");
+    }
+  }
   Projection projection;
   projection.name = report.name;
   projection.model = model_name;
@@ -372,7 +389,9 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
   metrics["seconds"] = report.seconds;
   projection.metrics_json = metrics.dump();
   say("saving the projection");
-  report.projection_id = store.save_projection(projection);
+  report.saved = store.save_projection_as(projection, options.existing);
+  report.projection_id = report.saved.id;
+  report.name = report.saved.name;
   return report;
 }
 
