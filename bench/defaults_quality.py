@@ -66,7 +66,7 @@ class DataSet:
 
     def train_and_validate(self, row, flags):
         name = "dq_" + re.sub(r"[^a-z0-9]+", "_", row.lower()).strip("_")
-        out, wall, rss = timed([self.bin, "train", "--db", self.db, "--json", "--quiet", "--name", name] + flags)
+        out, wall, rss = timed([self.bin, "train", "--db", self.db, "--json", "--quiet", "--replace", "--name", name] + flags)
         trained = json.loads(out)
         v = run([self.bin, "validate", "--db", self.db, "--projection", name, "--test", self.test, "--json",
                  "--methods", ",".join(METHODS)])

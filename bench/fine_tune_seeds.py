@@ -64,7 +64,7 @@ def one_seed(ldaproj, clinc, work, seed, settings, layers):
     tuned = json.load(open(os.path.join(model, "fine_tune.json")))
     chosen = tuned["chosen_epoch"]
     run(ldaproj, "embed", "--db", store, "--model", model, "--quiet")
-    run(ldaproj, "train", "--db", store, "--name", "fine_tuned", "--embedding-model", name, "--temperature", t,
+    run(ldaproj, "train", "--db", store, "--replace", "--name", "fine_tuned", "--embedding-model", name, "--temperature", t,
         "--learn-keys", key_epochs)
     train_only = test_recall(ldaproj, store, test, model, "fine_tuned", t)
 
@@ -74,7 +74,7 @@ def one_seed(ldaproj, clinc, work, seed, settings, layers):
         run(ldaproj, "finetune-encoder", "--db", refit, "--out", refit_model, "--layers", layers, "--seed", seed,
             "--epochs", chosen, "--quiet")
     run(ldaproj, "embed", "--db", refit, "--model", refit_model, "--quiet")
-    run(ldaproj, "train", "--db", refit, "--name", "refit_fine_tuned", "--embedding-model", refit_name,
+    run(ldaproj, "train", "--db", refit, "--replace", "--name", "refit_fine_tuned", "--embedding-model", refit_name,
         "--temperature", t, "--learn-keys", key_epochs)
     refitted = test_recall(ldaproj, refit, test, refit_model, "refit_fine_tuned", t)
 

@@ -126,8 +126,10 @@ class Run:
         """`ldaproj train` on the base encoder's embeddings: named, because once a fine-tuned encoder has
         embedded the store too, train refuses to guess. --no-tune: this benchmark makes every choice on
         val itself and passes it; a flag it leaves out means the plain setting (centroid keys), not one
-        train would tune (bench/defaults_quality.py measures the self-tuning)."""
-        return self.ldaproj("train", "--db", db, "--embedding-model", self.base_model, "--no-tune", *args)
+        train would tune (bench/defaults_quality.py measures the self-tuning). --replace: reruns retrain
+        the same names (train keeps earlier projections and refuses a taken name otherwise)."""
+        return self.ldaproj("train", "--db", db, "--embedding-model", self.base_model, "--no-tune", "--replace",
+                            *args)
 
     def validate(self, split, *args):
         file = self.val if split == "val" else self.test
@@ -298,7 +300,7 @@ class Run:
         if not (done and done["settings"] == wanted):
             model_dir = os.path.join(self.work, fine_tuned_model(chosen))
             self.ldaproj("embed", "--db", self.db, "--model", model_dir, "--quiet")
-            self.ldaproj("train", "--db", self.db, "--name", "idea_fine_tuned", "--embedding-model",
+            self.ldaproj("train", "--db", self.db, "--replace", "--name", "idea_fine_tuned", "--embedding-model",
                          fine_tuned_model(chosen), "--temperature", settings["temperature"],
                          "--learn-keys", settings["key_epochs"])
             self.stamp("fine_tuned", {"settings": wanted, "report": report})
@@ -324,7 +326,7 @@ class Run:
                      "--json")
         report = json.load(open(os.path.join(model_dir, "fine_tune.json")))
         self.ldaproj("embed", "--db", refit_db, "--model", model_dir, "--quiet")
-        self.ldaproj("train", "--db", refit_db, "--name", "refit_fine_tuned", "--embedding-model",
+        self.ldaproj("train", "--db", refit_db, "--replace", "--name", "refit_fine_tuned", "--embedding-model",
                      FINE_TUNED_MODEL + "-refit", "--temperature", settings["temperature"],
                      "--learn-keys", settings["key_epochs"])
         self.stamp("fine_tuned_refit", {"settings": wanted, "report": report})

@@ -1,5 +1,6 @@
 // The ldaproj command line: import, embed, train, distill, query, validate,
-// stats, export, synth, bench, domains, ensemble, encode, serve. Exit codes: 0 ok, 1 failure, 2 usage.
+// stats, export, synth, bench, domains, ensemble, encode, serve, projections,
+// backup. Exit codes: 0 ok, 1 failure, 2 usage.
 #include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@
 
 #include "cli/command_support.hpp"
 #include "cli/fine_tune_command.hpp"
+#include "cli/model_commands.hpp"
 #include "cli/progress.hpp"
 #include "cli/scale_commands.hpp"
 #include "cli/train_command.hpp"
@@ -173,8 +175,42 @@ std::vector<float> parse_float_list(const std::string& text, const char* flag) {
 // ---------------------------------------------------------------- import
 bool is_student_file(const std::string& file) { return fs::path(file).extension() == ".safetensors"; }
 
+// The teacher fingerprint `ldaproj export` writes into a file's metadata; nullopt without one.
+std::optional<Fingerprint> teacher_of(const std::map<std::string, std::string>& metadata, const std::string& file) {
+  const auto it = metadata.find("teacher_fingerprint");
+  if (it == metadata.end() || it->second.empty()) return std::nullopt;
+  return Fingerprint::from_json(it->second, file + ": __metadata__ field \"teacher_fingerprint\"");
+}
+
+// Refuses a student or ensemble (`what`) distilled from another teacher than
+// `projection`, or from an unknown one, unless forced; returns whether it is
+// stored as forced (foreign or unknown).
+bool check_teacher(const std::string& file, const char* what, const std::optional<Fingerprint>& teacher,
+                   const Projection& projection, const std::string& db, bool force) {
+  if (!projection.fingerprint) throw Error("projection \"" + projection.name + "\" has no fingerprint");
+  const Fingerprint& own = *projection.fingerprint;
+  const std::string target = "projection \"" + projection.name + "\" in " + db + " (" +
+                             std::to_string(own.heads) + " heads, " + own.model + ", fingerprint " +
+                             short_id(own.id) + ")";
+  if (!teacher) {
+    if (force) return true;
+    throw InputError(file + ": the " + what + " has no teacher fingerprint (exported by an older ldaproj or made "
+                     "by another tool), so nothing shows it was distilled from " + target +
+                     "; nothing was imported. If you know it was, import it with --force (stats then marks it as "
+                     "forced); otherwise distil one here with `ldaproj distill`");
+  }
+  const std::string diff = describe_difference(*teacher, own);
+  if (diff.empty()) return false;
+  if (force) return true;
+  throw InputError(file + ": the " + what + " was distilled from another teacher, projection \"" +
+                   teacher->projection + "\" (" + std::to_string(teacher->heads) + " heads, " + teacher->model +
+                   ", fingerprint " + short_id(teacher->id) + "), not from " + target + ": " + diff +
+                   "; nothing was imported. Import it into the store it came from, distil one here with "
+                   "`ldaproj distill`, or give --force to import it anyway (stats then marks it as foreign)");
+}
+
 // A student from safetensors (ours or PyTorch's) for a projection.
-void import_student(Store& store, const std::string& file, const std::string& projection_name) {
+void import_student(Store& store, const std::string& file, const std::string& projection_name, bool force) {
   std::map<std::string, std::string> metadata;
   StudentWeights weights = read_student_safetensors(file, &metadata);
   const auto projection = store.load_projection(projection_name);
@@ -189,6 +225,8 @@ void import_student(Store& store, const std::string& file, const std::string& pr
   }
   StoredStudent student;
   student.projection = projection->name;
+  student.teacher_fingerprint = teacher_of(metadata, file);
+  student.forced = check_teacher(file, "student", student.teacher_fingerprint, *projection, store.path().string(), force);
   student.weights = std::move(weights);
   // Metrics from our own export come back; anything else starts empty.
   const auto metrics = metadata.find("metrics");
@@ -196,13 +234,14 @@ void import_student(Store& store, const std::string& file, const std::string& pr
                            json::parse(metrics->second).is_object();
   student.metrics_json = has_metrics ? metrics->second : "{}";
   store.save_student(student);
-  std::printf("%s: student imported for projection \"%s\" (%zu parameters, %s, %zu layer(s))\n", file.c_str(),
+  std::printf("%s: student imported for projection \"%s\" (%zu parameters, %s, %zu layer(s))%s\n", file.c_str(),
               projection->name.c_str(), student.weights.parameter_count(),
-              std::string(to_string(student.weights.config.variant)).c_str(), student.weights.config.layers);
+              std::string(to_string(student.weights.config.variant)).c_str(), student.weights.config.layers,
+              student.forced ? "; forced: its teacher is not this projection (stats marks it)" : "");
 }
 
 // An ensemble from our own export, for a projection with the same number of heads.
-void import_ensemble(Store& store, const std::string& file, const std::string& projection_name) {
+void import_ensemble(Store& store, const std::string& file, const std::string& projection_name, bool force) {
   std::map<std::string, std::string> metadata;
   const EnsembleWeights weights = read_ensemble_safetensors(file, &metadata);
   const auto projection = store.load_projection(projection_name);
@@ -222,20 +261,36 @@ void import_ensemble(Store& store, const std::string& file, const std::string& p
   const auto metrics = metadata.find("metrics");
   const bool has_metrics = metrics != metadata.end() && json::accept(metrics->second) &&
                            json::parse(metrics->second).is_object();
-  store.save_ensemble(to_stored_ensemble(weights, projection->name, has_metrics ? metrics->second : "{}"));
-  std::printf("%s: ensemble imported for projection \"%s\" (%zu domains, %zu parameters)\n", file.c_str(),
-              projection->name.c_str(), weights.config.domains, weights.parameter_count());
+  StoredEnsemble ensemble = to_stored_ensemble(weights, projection->name, has_metrics ? metrics->second : "{}");
+  ensemble.teacher_fingerprint = teacher_of(metadata, file);
+  ensemble.forced = check_teacher(file, "ensemble", ensemble.teacher_fingerprint, *projection, store.path().string(), force);
+  store.save_ensemble(ensemble);
+  std::printf("%s: ensemble imported for projection \"%s\" (%zu domains, %zu parameters)%s\n", file.c_str(),
+              projection->name.c_str(), weights.config.domains, weights.parameter_count(),
+              ensemble.forced ? "; forced: its teacher is not this projection (stats marks it)" : "");
 }
 
-int run_import(const std::string& db, const std::vector<std::string>& files, const std::string& projection) {
+int run_import(const std::string& db, const std::vector<std::string>& files, const std::string& projection,
+               bool force) {
+  // A model file only fits the store it was distilled from: a new database
+  // could never take it, and must not be left behind empty.
+  std::error_code ec;
+  if (!fs::exists(db, ec)) {
+    for (const auto& file : files) {
+      if (!is_student_file(file)) continue;
+      throw InputError(file + ": a student or ensemble is imported into the store whose projection it was "
+                       "distilled from, and " + db + " does not exist; import it into that store (or a copy "
+                       "made with `ldaproj backup`), or distil a new one; nothing was created");
+    }
+  }
   Store store = Store::open(db);
   for (const auto& file : files) {
     if (is_student_file(file)) {
       while_doing("importing " + file + " into " + db, [&] {
         if (is_ensemble_safetensors(file)) {
-          import_ensemble(store, file, projection);
+          import_ensemble(store, file, projection, force);
         } else {
-          import_student(store, file, projection);
+          import_student(store, file, projection, force);
         }
       });
       continue;
@@ -340,6 +395,32 @@ int run_distill(const std::string& db, DistillFlags f) {
   const DistillReport& r = result.report;
   const auto projection = store.load_projection(result.projection);
   const std::size_t teacher_floats = 2 * projection->heads.size() * r.weights.config.dim;
+  // A student exists to be smaller than its teacher; on a small store the
+  // defaults can make it far larger, which nothing else would point out.
+  std::vector<std::string> warnings;
+  if (r.weights.parameter_count() > teacher_floats) {
+    const StudentConfig& c = r.weights.config;
+    // The smallest student these flags can give: one attention layer, one key per head.
+    StudentConfig smallest = c;
+    smallest.variant = StudentVariant::Attention;
+    smallest.layers = 1;
+    smallest.keys_per_head = 1;
+    std::size_t least = 0;
+    for (const TensorShape& t : student_shapes(smallest)) least += t.count();
+    std::string advice =
+        least < teacher_floats
+            ? "distil a smaller one: now --variant " + std::string(to_string(c.variant)) + " --layers " +
+                  std::to_string(c.layers) + " --heads " + std::to_string(c.num_heads) + " --keys-per-head " +
+                  std::to_string(c.keys_per_head) + "; try --variant attention --layers 1 and fewer keys"
+            : "no student is smaller on a store this size (the smallest, --variant attention --layers 1 "
+              "--keys-per-head 1, has " + std::to_string(least) + "): query the teacher (--method multi-head) "
+              "instead; a student pays off with many more heads";
+    warnings.push_back("the student has " + std::to_string(r.weights.parameter_count()) + " parameters, " +
+                       fixed(double(r.weights.parameter_count()) / double(std::max<std::size_t>(teacher_floats, 1)), 1) +
+                       " times the teacher's head matrices (" + std::to_string(teacher_floats) + " floats for " +
+                       std::to_string(projection->heads.size()) + " heads), and the teacher is exact; " + advice);
+  }
+  for (const std::string& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   double best_cosine = r.initial_validation_cosine;
   for (const auto& e : r.history)
     if (e.epoch == r.best_epoch) best_cosine = e.validation_cosine;
@@ -360,6 +441,7 @@ int run_distill(const std::string& db, DistillFlags f) {
              {"seconds", r.seconds},
              {"initial_validation_cosine", r.initial_validation_cosine},
              {"validation_cosine", best_cosine},
+             {"warnings", warnings},
              {"history", json::array()}};
     for (const auto& e : r.history) {
       out["history"].push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"validation_loss", e.validation_loss},
@@ -399,6 +481,7 @@ int run_export_ensemble(const Store& store, const std::string& db, const std::st
                              {{"projection", stored->projection},
                               {"model", projection->model},
                               {"teacher_temperature", std::to_string(projection->temperature)},
+                              {"teacher_fingerprint", stored->teacher_fingerprint ? stored->teacher_fingerprint->to_json() : ""},
                               {"metrics", stored->metrics_json},
                               {"created_at", stored->created_at}});
   std::printf("%s: ensemble of projection \"%s\" (%zu domains, %zu parameters)\n", out_file.c_str(),
@@ -420,6 +503,7 @@ int run_export(const std::string& db, const std::string& projection_name, const 
                             {{"projection", student->projection},
                              {"model", projection->model},
                              {"teacher_temperature", std::to_string(projection->temperature)},
+                             {"teacher_fingerprint", student->teacher_fingerprint ? student->teacher_fingerprint->to_json() : ""},
                              {"metrics", student->metrics_json},
                              {"created_at", student->created_at}});
   std::printf("%s: student of projection \"%s\" (%zu parameters)\n", out_file.c_str(), student->projection.c_str(),
@@ -485,6 +569,16 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
   options.blend_questions = teacher.blend_questions;
   options.blend_direct = teacher.blend_direct;
   options.reject_below = f.reject_below;
+  // A forced import answers, but never without saying whose student it is.
+  if (options.method == Method::Student || options.method == Method::Ensemble) {
+    const auto provenance =
+        options.method == Method::Student ? searcher.student_provenance() : searcher.ensemble_provenance();
+    if (provenance && provenance->teacher != TeacherMatch::Matches) {
+      std::fprintf(stderr, "warning: the %s of projection \"%s\": teacher %s, %s\n",
+                   std::string(to_string(options.method)).c_str(), searcher.projection_name().c_str(),
+                   std::string(to_string(provenance->teacher)).c_str(), provenance->detail.c_str());
+    }
+  }
   const auto results = searcher.search(encoder.encode(texts), options);
   const float shown_temperature = options.method == Method::QuestionRouting
                                       ? options.question_temperature
@@ -741,6 +835,8 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
       entry["agreement"] = {{"top10_overlap", a.top10_overlap}, {"mean_cosine", a.mean_cosine},
                             {"min_cosine", a.min_cosine}};
       entry["parameters"] = m == Method::Student ? searcher.student_parameters() : searcher.ensemble_parameters();
+      const auto provenance = m == Method::Student ? searcher.student_provenance() : searcher.ensemble_provenance();
+      if (provenance) entry["teacher"] = std::string(to_string(provenance->teacher));
     }
   }
   struct SweepRow {
@@ -821,6 +917,11 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
     std::printf("\n  %s vs teacher (temperature %g): top-10 overlap %s, cosine mean %.4f, min %.4f\n",
                 std::string(to_string(m)).c_str(), searcher.temperature(), percent(a.top10_overlap).c_str(),
                 a.mean_cosine, a.min_cosine);
+    const auto provenance = m == Method::Student ? searcher.student_provenance() : searcher.ensemble_provenance();
+    if (provenance && provenance->teacher != TeacherMatch::Matches) {
+      std::printf("  (its teacher %s: %s)\n", std::string(to_string(provenance->teacher)).c_str(),
+                  provenance->detail.c_str());
+    }
   }
   if (!sweep_rows.empty()) {
     std::printf("\n  sweep:\n  %-17s %-26s %8s %8s %8s %8s\n", "method", "setting", "R@1", "R@5", "MRR@10",
@@ -835,6 +936,23 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
 }
 
 // ---------------------------------------------------------------- stats
+// A student's or ensemble's teacher: {"match", "forced", "detail", "fingerprint"}.
+template <typename Stored>
+json provenance_json(const Stored& stored) {
+  return {{"match", std::string(to_string(stored.provenance.teacher))},
+          {"forced", stored.provenance.forced},
+          {"detail", stored.provenance.detail},
+          {"fingerprint", stored.teacher_fingerprint ? json(stored.teacher_fingerprint->id) : json(nullptr)}};
+}
+
+// "" when it matches its projection, else a warning for the text listing.
+std::string provenance_note(const Provenance& p) {
+  if (p.teacher == TeacherMatch::Matches && !p.forced) return {};
+  std::string note = p.teacher == TeacherMatch::Differs ? "FOREIGN" : "teacher unknown";
+  if (p.forced) note += ", imported with --force";
+  return "\n    " + note + (p.detail.empty() ? "" : ": " + p.detail);
+}
+
 int run_stats(const std::string& db, bool as_json) {
   require_existing_db(db);
   Store store = Store::open_for_reading(db);
@@ -846,19 +964,20 @@ int run_stats(const std::string& db, bool as_json) {
   for (const auto& p : s.projections) {
     out["projections"].push_back({{"name", p.name}, {"model", p.model}, {"temperature", p.temperature},
                                   {"centroid_method", p.centroid_method}, {"active", p.active},
-                                  {"created_at", p.created_at},
+                                  {"created_at", p.created_at}, {"heads", p.head_count},
+                                  {"fingerprint", p.fingerprint ? json::parse(p.fingerprint->to_json()) : json(nullptr)},
                                   {"metrics", json::parse(p.metrics_json.empty() ? "{}" : p.metrics_json)}});
   }
   out["students"] = json::array();
   for (const auto& st : s.students) {
     out["students"].push_back({{"projection", st.projection}, {"config", json::parse(st.weights.config.to_json())},
-                               {"created_at", st.created_at},
+                               {"created_at", st.created_at}, {"teacher", provenance_json(st)},
                                {"metrics", json::parse(st.metrics_json.empty() ? "{}" : st.metrics_json)}});
   }
   out["ensembles"] = json::array();
   for (const auto& e : s.ensembles) {
     out["ensembles"].push_back({{"projection", e.projection}, {"config", json::parse(e.config_json)},
-                                {"created_at", e.created_at},
+                                {"created_at", e.created_at}, {"teacher", provenance_json(e)},
                                 {"metrics", json::parse(e.metrics_json.empty() ? "{}" : e.metrics_json)}});
   }
   if (as_json) {
@@ -898,22 +1017,24 @@ int run_stats(const std::string& db, bool as_json) {
         tuned = "\n    not tuned: " + tuning.value("note", std::string("no held-out questions"));
       }
     }
-    std::printf("  projection %s%s: model %s, temperature %g, %s centroids, %s, metrics %s%s\n",
-                p.name.c_str(), p.active ? " (active)" : "", p.model.c_str(), p.temperature,
+    std::printf("  projection %s%s: model %s, %zu heads, temperature %g, %s centroids, %s, fingerprint %s, "
+                "metrics %s%s\n",
+                p.name.c_str(), p.active ? " (active)" : "", p.model.c_str(), p.head_count, p.temperature,
                 p.centroid_method.c_str(), p.created_at.c_str(),
+                p.fingerprint ? short_id(p.fingerprint->id).c_str() : "(none stored)",
                 metrics.is_object() ? metrics.dump().c_str() : p.metrics_json.c_str(), tuned.c_str());
   }
   for (const auto& st : s.students) {
     const StudentConfig& c = st.weights.config;
-    std::printf("  student of %s: %s, %zu heads x %zu keys, %zu layer(s), %s, metrics %s\n", st.projection.c_str(),
+    std::printf("  student of %s: %s, %zu heads x %zu keys, %zu layer(s), %s, metrics %s%s\n", st.projection.c_str(),
                 std::string(to_string(c.variant)).c_str(), c.num_heads, c.keys_per_head, c.layers,
-                st.created_at.c_str(), st.metrics_json.c_str());
+                st.created_at.c_str(), st.metrics_json.c_str(), provenance_note(st.provenance).c_str());
   }
   for (const auto& e : s.ensembles) {
     const json config = json::parse(e.config_json);
-    std::printf("  ensemble of %s: %s domains, top %s per query, %s\n", e.projection.c_str(),
+    std::printf("  ensemble of %s: %s domains, top %s per query, %s%s\n", e.projection.c_str(),
                 config.value("domains", json(0)).dump().c_str(), config.value("top_domains", json(0)).dump().c_str(),
-                e.created_at.c_str());
+                e.created_at.c_str(), provenance_note(e.provenance).c_str());
   }
   return 0;
 }
@@ -1045,13 +1166,19 @@ int main(int argc, char** argv) {
   import_cmd->add_option("files", files, "Files to import; each is one transaction")->required()->check(CLI::ExistingFile);
   import_cmd->add_option("--projection", import_projection,
                          "Projection a .safetensors student belongs to (default: the active one)");
+  bool import_force = false;
+  import_cmd->add_flag("--force", import_force,
+                       "Import a .safetensors student or ensemble even when its teacher fingerprint is not the "
+                       "projection's (or it has none); it is stored marked as forced");
   import_cmd->footer(
       "Formats: {\"clusters\":[{\"id\", \"answers\":{\"default\":...}, \"queries\":{\"short\":[...],...}}]}\n"
       "or JSON Lines {\"cluster\",\"question\"[,\"length\"]} / {\"cluster\",\"answer\"[,\"variant\"]}.\n"
       "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch.\n"
       "A .safetensors file is a student (from `ldaproj export` or PyTorch, config in __metadata__) and\n"
       "replaces the projection's student, or an ensemble (from `ldaproj export --ensemble`) and replaces\n"
-      "the projection's ensemble.");
+      "the projection's ensemble. It must carry the fingerprint of that projection (the teacher it was\n"
+      "distilled from: model, cluster set, keys and answers, temperature): one from another store or\n"
+      "another training run, or without a fingerprint, is refused unless --force.");
 
   EncoderFlags enc;
   std::size_t embed_batch = 64;
@@ -1258,6 +1385,10 @@ int main(int argc, char** argv) {
   ensemble.add_to(app);
   FineTuneEncoderCommand fine_tune;
   fine_tune.add_to(app);
+  ProjectionsCommand projections;
+  projections.add_to(app);
+  BackupCommand backup;
+  backup.add_to(app);
 
   try {
     app.parse(argc, argv);
@@ -1267,7 +1398,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*import_cmd) return run_import(db, files, import_projection);
+    if (*import_cmd) return run_import(db, files, import_projection, import_force);
     if (*distill_cmd) return run_distill(db, df);
     if (*export_cmd) return run_export(db, export_projection, export_out, export_ensemble);
     if (*embed_cmd) return run_embed(db, enc, embed_batch, quiet);
@@ -1292,6 +1423,8 @@ int main(int argc, char** argv) {
     if (*domains.command) return domains.run();
     if (*ensemble.command) return ensemble.run();
     if (*fine_tune.command) return fine_tune.run();
+    if (*projections.command) return projections.run();
+    if (*backup.command) return backup.run();
   } catch (const ldaproj::InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -87,7 +87,11 @@ void TrainCommand::add_to(CLI::App& app) {
   command->add_option("--model", model_dir,
                       "Model directory that embeds --val (default: $LDAPROJ_MODEL, else the bundled encoder)");
   command->add_option("--seed", options.slice.seed, "Seed of the held-out slice")->capture_default_str();
-  command->add_option("--name", name, "Projection name (default: multi_head_<model>)");
+  command->add_option("--name", name,
+                      "Projection name (default: multi_head_<model>, or multi_head_<model>-2, -3, ... when taken: "
+                      "earlier projections are kept); an existing name is refused unless --replace");
+  command->add_flag("--replace", replace,
+                    "With --name: replace the projection of that name, dropping its student and ensemble");
   command->add_option("--centroid", centroid, "Centroid of a head's questions: mean or reweighted")
       ->capture_default_str()
       ->check(CLI::IsMember({"mean", "reweighted"}));
@@ -125,13 +129,19 @@ void TrainCommand::add_to(CLI::App& app) {
       "moving up or down while it helps (scored at 10 to 200 epochs), keeps the best by R@1 + MRR@10 on\n"
       "that slice and refits on all questions. Every flag given is kept as it is; --temperature 0.1\n"
       "--learn-keys 0 (or --no-tune) trains as before tuning. The choice and its figures are stored in the\n"
-      "projection's metrics (stats, stats --json, /v1/info).");
+      "projection's metrics (stats, stats --json, /v1/info).\n"
+      "Every run keeps the earlier projections (with their students and ensembles) and makes the new one\n"
+      "active; `ldaproj projections list|activate|delete` manages them.");
 }
 
 int TrainCommand::run() {
   require_existing_db(db);
+  if (replace && name.empty()) throw InputError("--replace needs --name: the projection to replace");
   Store store = Store::open(db);
   options.name = name;
+  options.existing = name.empty() ? ExistingProjection::NextFree
+                     : replace    ? ExistingProjection::Replace
+                                  : ExistingProjection::Refuse;
   options.centroid_method = parse_centroid_method(centroid);
   options.temperature = temperature;
   options.key_epochs = key_epochs;
@@ -165,11 +175,23 @@ int TrainCommand::run() {
   }
   const TeacherTrainReport r = while_doing("training on " + db, [&] { return train_teacher(store, model, options); });
   for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  // Never drop a model without saying so.
+  if (r.saved.dropped_student || r.saved.dropped_ensemble) {
+    std::fprintf(stderr, "warning: --replace dropped the %s of the earlier projection \"%s\"\n",
+                 r.saved.dropped_student && r.saved.dropped_ensemble ? "student and ensemble"
+                 : r.saved.dropped_student                         ? "student"
+                                                                   : "ensemble",
+                 r.name.c_str());
+  }
   if (as_json) {
     nlohmann::json out{{"projection", r.name},       {"projection_id", r.projection_id}, {"model", model},
                        {"heads", r.heads},           {"questions", r.questions},         {"temperature", r.temperature},
                        {"key_epochs", r.keys.epochs}, {"centroid_method", centroid},     {"seconds", r.seconds},
-                       {"warnings", r.warnings}};
+                       {"warnings", r.warnings},
+                       {"replaced", r.saved.replaced},
+                       {"dropped_student", r.saved.dropped_student},
+                       {"dropped_ensemble", r.saved.dropped_ensemble},
+                       {"previously_active", r.saved.previously_active}};
     if (options.tune) out["tuning"] = nlohmann::json::parse(tuning_metrics_json(r.tuning));
     if (r.keys.epochs > 0) {
       out["learned_keys"] = {{"initial_accuracy", r.keys.initial_accuracy}, {"final_accuracy", r.keys.final_accuracy},
@@ -184,6 +206,12 @@ int TrainCommand::run() {
               "model %s (now active; %.1fs)\n",
               r.name.c_str(), r.heads, r.questions, centroid.c_str(), r.temperature, keys_text(r.keys.epochs).c_str(),
               model.c_str(), r.seconds);
+  if (!r.saved.previously_active.empty()) {
+    std::printf("  the earlier projection \"%s\" is kept (with its student and ensemble, if any): "
+                "`ldaproj projections activate %s` switches back, `ldaproj projections list` shows them all\n",
+                r.saved.previously_active.c_str(), r.saved.previously_active.c_str());
+  }
+  if (r.saved.replaced) std::printf("  replaced the earlier projection of that name (--replace)\n");
   const bool tuned_something = options.tune && (!temperature || !key_epochs);
   if (tuned_something) print_tuning(r.tuning, r.questions);
   if (r.keys.epochs > 0) {

@@ -15,7 +15,7 @@ struct TrainCommand {
   std::optional<float> temperature;
   std::optional<std::size_t> key_epochs;
   TeacherTrainOptions options;
-  bool no_tune = false, as_json = false, quiet = false;
+  bool no_tune = false, as_json = false, quiet = false, replace = false;
   CLI::App* command = nullptr;
 
   void add_to(CLI::App& app);
