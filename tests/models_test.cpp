@@ -71,6 +71,26 @@ TEST_F(Models, FingerprintsRoundTripAndTellTeachersApart) {
   EXPECT_EQ(sb.projections().front().fingerprint->id, fb->id);
 }
 
+// Projections trained before fingerprints: computed from the stored heads
+// when loaded, and kept once a student is stored with them.
+TEST_F(Models, ProjectionsWithoutAStoredFingerprintGetOne) {
+  const fs::path db = file("old.db");
+  testing_support::make_trained_demo_store(db, /*small=*/true);
+  const std::string id = Store::open(db).projection_fingerprint()->id;
+  testing_support::raw_sql(db, "UPDATE projections SET metrics_json = json_remove(metrics_json, '$.fingerprint')");
+  {
+    const Store store = Store::open(db);
+    EXPECT_FALSE(store.projections().front().fingerprint.has_value());
+    EXPECT_EQ(store.load_projection()->fingerprint->id, id);
+    EXPECT_EQ(store.projection_fingerprint()->id, id);
+  }
+  ASSERT_EQ(cli({"distill", "--db", db.string(), "--quiet"}, kSmallStudent).code, 0);
+  const Store store = Store::open(db);
+  ASSERT_TRUE(store.projections().front().fingerprint.has_value());
+  EXPECT_EQ(store.projections().front().fingerprint->id, id);
+  EXPECT_EQ(store.load_student()->provenance.teacher, TeacherMatch::Matches);
+}
+
 // The bug report: a student distilled from a small store silently replaced
 // a larger store's own student, both projections having the default name.
 TEST_F(Models, AForeignStudentIsRefusedAndTheStoreIsUnchangedUnlessForced) {

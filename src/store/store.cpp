@@ -1002,6 +1002,22 @@ std::optional<Fingerprint> checked_teacher_of(const Store& store, const std::str
   return teacher;
 }
 
+// A projection saved before fingerprints gets its computed one stored with
+// its first student or ensemble, so that later reads need no pass over its heads.
+void keep_fingerprint(const Store& store, std::int64_t projection_id, const std::string& name) {
+  sqlite3* db = store.impl().db;
+  Statement select(db, "SELECT metrics_json FROM projections WHERE id = ?1");
+  select.bind(1, projection_id);
+  if (!select.step()) return;
+  std::string metrics = select.column_text(0);
+  std::string probe = metrics;
+  if (take_fingerprint(probe, kFingerprintKey)) return;
+  const std::optional<Fingerprint> computed = store.projection_fingerprint(name);
+  if (!computed) return;
+  Statement update(db, "UPDATE projections SET metrics_json = ?2 WHERE id = ?1");
+  update.bind(1, projection_id).bind(2, with_fingerprint(metrics, kFingerprintKey, computed, false)).run();
+}
+
 }  // namespace
 
 std::int64_t Store::save_student(const StoredStudent& student) {
@@ -1031,6 +1047,7 @@ std::int64_t Store::save_student(const StoredStudent& student) {
   const std::string stored_metrics = with_fingerprint(
       metrics, kTeacherFingerprintKey, checked_teacher_of(*this, what, student.teacher_fingerprint, student.forced, student.projection),
       student.forced);
+  keep_fingerprint(*this, projection_id, student.projection);
   Statement remove(db, "DELETE FROM students WHERE projection_id = ?1");
   remove.bind(1, projection_id).run();
   Statement insert(db,
@@ -1116,6 +1133,7 @@ std::int64_t Store::save_ensemble(const StoredEnsemble& ensemble) {
       with_fingerprint(metrics, kTeacherFingerprintKey,
                        checked_teacher_of(*this, what, ensemble.teacher_fingerprint, ensemble.forced, ensemble.projection),
                        ensemble.forced);
+  keep_fingerprint(*this, projection_id, ensemble.projection);
   Statement remove(db, "DELETE FROM ensembles WHERE projection_id = ?1");
   remove.bind(1, projection_id).run();
   Statement insert(db,
