@@ -1234,8 +1234,30 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   serve_cmd->add_option("--max-text-bytes", serve_options.max_text_bytes, "Longest text, in UTF-8 bytes")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  serve_cmd->add_option("--timeout", serve_options.timeout_seconds, "Seconds to read a request or write a response")
+  serve_cmd->add_option("--timeout", serve_options.timeout_seconds,
+                        "Seconds a client has to send a whole request (headers and body) and to read the reply; "
+                        "slower clients get 408 and are disconnected")
       ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--keep-alive", serve_options.keep_alive_seconds,
+                        "Seconds an idle keep-alive connection waits for its next request")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--max-connections", serve_options.max_connections,
+                        "Open connections at once; more are answered 503 and closed")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--max-requests-per-connection", serve_options.max_requests_per_connection,
+                        "Requests on one keep-alive connection before the server closes it")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  serve_cmd->add_option("--allowed-host", serve_options.allowed_hosts,
+                        "A Host name clients may use besides localhost, 127.0.0.1, ::1 and --host (repeatable; "
+                        "\".example.com\" for a domain and its subdomains, \"*\" for any); other names get 400, "
+                        "which stops DNS-rebinding pages from reaching a loopback server");
+  serve_cmd->add_option("--allowed-origin", serve_options.allowed_origins,
+                        "A web origin (e.g. https://app.example.com) whose pages may POST to the API (repeatable; "
+                        "\"*\" for any); the server's own page always may, other browser POSTs get 403");
+  float serve_reject_below = 0.0f;
+  auto* serve_reject = serve_cmd->add_option("--reject-below", serve_reject_below,
+                                             "Default out-of-scope threshold for /v1/search requests without "
+                                             "reject_below (see `query --help`)");
   serve_cmd->add_option("--blend-questions", serve_options.blend_questions,
                         "multi-head: default of the request field blend_questions (see `query --help`)")
       ->capture_default_str()->check(CLI::Range(0.0, 0.999));
@@ -1285,6 +1307,7 @@ int main(int argc, char** argv) {
       serve_options.db = serve_db;
       serve_options.model_dir = serve_model;
       serve_options.encoder_precision = ldaproj::parse_precision(serve_encoder_precision);
+      if (serve_reject->count() > 0) serve_options.reject_below = serve_reject_below;
       return run_serve(serve_options, serve_log);
     }
     if (*synth.command) return synth.run();
