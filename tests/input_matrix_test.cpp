@@ -518,8 +518,13 @@ TEST_F(FullDisk, ImportEmbedAndTrainFailCleanlyAndRecover) {
   constexpr rlim_t kLimit = 48 * 1024;
   const std::vector<std::string> advice = {"SQLite", db.string(), "full", "file-size limit", "changed nothing"};
 
-  // Import: a copy of the demo file under a new path is a new batch of ~340 rows.
-  const fs::path copy = write_file(file("clusters.json"), read_bytes(data));
+  // Import: the demo file with its clusters renamed is a new batch of ~340 rows
+  // (an unchanged copy would add nothing: imports are keyed by content).
+  std::string renamed = read_bytes(data);
+  for (std::size_t at = renamed.find("\"id\": \""); at != std::string::npos; at = renamed.find("\"id\": \"", at + 1)) {
+    renamed.insert(at + 7, "copy_");
+  }
+  const fs::path copy = write_file(file("clusters.json"), renamed);
   std::string before = dump_of(db);
   expect_refused(run_cli({"import", "--db", db.string(), copy.string()}, limited(kLimit)), advice);
   EXPECT_SAME_STORE(db, before);

@@ -241,12 +241,25 @@ int run_import(const std::string& db, const std::vector<std::string>& files, con
       continue;
     }
     const ImportReport r = while_doing("importing " + file + " into " + db, [&] { return import_file(store, file); });
+    if (r.outcome == ImportOutcome::AlreadyImported) {
+      std::printf("%s: already imported as %s (same content), skipped\n", file.c_str(), r.same_as.c_str());
+      continue;
+    }
     const char* what = r.outcome == ImportOutcome::Unchanged ? "unchanged, skipped"
                        : r.outcome == ImportOutcome::Updated ? "updated"
                                                              : "imported";
-    std::printf("%s: %s (%lld clusters, %lld questions, %lld answers)\n", file.c_str(), what,
+    std::string notes;
+    if (r.outcome == ImportOutcome::Updated) {
+      notes += "; " + std::to_string(r.rows_added) + " rows added, " + std::to_string(r.rows_removed) + " removed";
+    }
+    if (r.duplicate_questions + r.duplicate_answers > 0) {
+      notes += "; " + std::to_string(r.duplicate_questions) + " questions and " + std::to_string(r.duplicate_answers) +
+               " answers already in their cluster, counted once";
+    }
+    if (r.held_out > 0) notes += "; " + std::to_string(r.held_out) + " \"novel\" (held-out) questions not imported";
+    std::printf("%s: %s (%lld clusters, %lld questions, %lld answers%s)\n", file.c_str(), what,
                 static_cast<long long>(r.clusters), static_cast<long long>(r.questions),
-                static_cast<long long>(r.answers));
+                static_cast<long long>(r.answers), notes.c_str());
   }
   return 0;
 }
@@ -1048,7 +1061,10 @@ int main(int argc, char** argv) {
   import_cmd->footer(
       "Formats: {\"clusters\":[{\"id\", \"answers\":{\"default\":...}, \"queries\":{\"short\":[...],...}}]}\n"
       "or JSON Lines {\"cluster\",\"question\"[,\"length\"]} / {\"cluster\",\"answer\"[,\"variant\"]}.\n"
-      "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch.\n"
+      "Lengths: short, medium, long (JSON Lines: or none); \"novel\" questions are held out, not imported.\n"
+      "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch; a file whose\n"
+      "content another path already imported adds nothing. A question already in its cluster is stored\n"
+      "once; an answer variant another file gave the cluster with other text is refused.\n"
       "A .safetensors file is a student (from `ldaproj export` or PyTorch, config in __metadata__) and\n"
       "replaces the projection's student, or an ensemble (from `ldaproj export --ensemble`) and replaces\n"
       "the projection's ensemble.");
