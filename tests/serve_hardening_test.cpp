@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -315,6 +316,38 @@ TEST_F(ServeHardening, TheDefaultRejectionThresholdAppliesWhenARequestSendsNone)
   const RawReply explicit_none = one("POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Length: " +
                                      std::to_string(body.size()) + "\r\n\r\n" + body);
   EXPECT_FALSE(explicit_none.json_body.contains("rejected")) << explicit_none.body;
+}
+
+TEST_F(ServeHardening, RepeatedFieldsInABodyAreRefused) {
+  start();
+  const std::string body = R"({"text": "reset my password", "text": "where is my order"})";
+  expect_error(one("POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + std::to_string(body.size()) +
+                   "\r\n\r\n" + body),
+               400, "invalid_json");
+}
+
+TEST_F(ServeHardening, InfoAndStartWarnAboutWhatTheModelDoesNotServeYet) {
+  start();
+  RawReply info = one("GET /v1/info HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  ASSERT_EQ(info.status, 200);
+  EXPECT_EQ(info.json_body["staleness"].value("clusters_without_head", -1), 0) << info.body;
+  EXPECT_TRUE(info.json_body["warnings"].empty()) << info.body;
+  server_.reset();
+  {
+    // A cluster imported after training: no embeddings, no head.
+    const std::filesystem::path extra = file("late.jsonl");
+    std::ofstream(extra) << R"({"cluster": "late_cluster", "question": "is there a late cluster"})" << "\n"
+                         << R"({"cluster": "late_cluster", "answer": "yes, imported after training"})" << "\n";
+    const auto r = testing_support::run_cli("import --db " + db_.string() + " " + extra.string());
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  start();
+  EXPECT_FALSE(server_->served().warnings.empty());
+  info = one("GET /v1/info HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  EXPECT_EQ(info.json_body["staleness"].value("questions_without_embedding", -1), 1) << info.body;
+  EXPECT_EQ(info.json_body["staleness"].value("answers_without_embedding", -1), 1) << info.body;
+  ASSERT_FALSE(info.json_body["warnings"].empty()) << info.body;
+  EXPECT_NE(info.json_body["warnings"].dump().find("ldaproj embed"), std::string::npos) << info.body;
 }
 
 TEST(RequestPolicy, HostsOriginsAndBearerTokens) {

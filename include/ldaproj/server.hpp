@@ -64,6 +64,10 @@ struct ServedModel {
   std::size_t dim = 0;
   std::vector<std::string> methods;  // the search methods this store can answer by
   std::uint64_t generation = 0;      // 1 for the first load, +1 per successful reload
+  // What the store has that this model does not serve yet (texts without
+  // embeddings, clusters without heads or changed since training), one
+  // sentence each naming the command that fixes it; empty when up to date.
+  std::vector<std::string> warnings;
 };
 
 class Server {

@@ -1056,6 +1056,7 @@ int run_serve(ServerOptions options, bool access_log) {
               options.host.find(':') != std::string::npos ? ("[" + options.host + "]").c_str() : options.host.c_str(),
               port, m.projection.c_str(), m.heads, m.answers, methods.c_str(),
               options.api_key.empty() ? "" : "; API key required");
+  for (const std::string& w : m.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   std::printf("ldaproj serve: SIGHUP or POST /v1/reload reloads the model; Ctrl-C stops\n");
   std::fflush(stdout);
 
@@ -1068,6 +1069,7 @@ int run_serve(ServerOptions options, bool access_log) {
       const ServedModel fresh = server.reload();
       std::printf("ldaproj serve: reloaded projection \"%s\" (generation %llu, %zu heads)\n",
                   fresh.projection.c_str(), static_cast<unsigned long long>(fresh.generation), fresh.heads);
+      for (const std::string& w : fresh.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ldaproj serve: reload failed, still serving the previous model: %s\n", e.what());
     }

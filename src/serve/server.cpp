@@ -111,6 +111,7 @@ struct LoadedModel {
   std::unordered_map<std::string, std::string> display_names;  // cluster id -> name
   std::string centroid_method, created_at;
   json training_metrics = json::object();  // what `train` stored with the projection
+  Staleness staleness;                     // what the store has that this model does not serve
   double loaded_at = 0.0;
 
   // One thread per request: parallelism comes from concurrent requests, and
@@ -254,6 +255,8 @@ struct Server::Impl final : serve::HttpHandler {
       const json stored = json::parse(projection->metrics_json, nullptr, false);
       if (stored.is_object()) m->training_metrics = stored;
     }
+    m->staleness = m->store.staleness(info.projection);
+    info.warnings = describe_staleness(m->staleness, options.db.string());
     m->loaded_at = unix_seconds();
     return m;
   }
@@ -593,6 +596,12 @@ struct Server::Impl final : serve::HttpHandler {
             {"blend_questions", tidy(options.blend_questions)},
             {"blend_direct", tidy(options.blend_direct)},
             {"generation", m.info.generation},
+            {"staleness",
+             {{"questions_without_embedding", m.staleness.questions_without_embedding},
+              {"answers_without_embedding", m.staleness.answers_without_embedding},
+              {"clusters_without_head", m.staleness.clusters_without_head},
+              {"clusters_changed", m.staleness.clusters_changed}}},
+            {"warnings", m.info.warnings},
             {"loaded_at", m.loaded_at},
             {"version", LDAPROJ_VERSION},
             {"limits",
