@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 build=${1:?build dir}
 mode=${2:?seconds or replay}
 jobs=${3:-1}
-targets=(import safetensors ensemble tokenizer serve_request)
+targets=(import safetensors ensemble tokenizer serve_request http_request)
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake pkg-config
   libsqlite3-dev nlohmann-json3-dev libcli11-dev libutf8proc-dev
-  libeigen3-dev libopenblas-dev libssl-dev libcpp-httplib-dev libhnswlib-dev
+  libeigen3-dev libopenblas-dev libssl-dev libcpp-httplib-dev libhnswlib-dev libboost-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libtorch-dev python3-torch
   clang clang-tidy libclang-rt-dev

@@ -285,7 +285,12 @@ TEST_F(CliDemo, DistillAndEnsembleRefuseSubKeysAndQueryAdapterProjections) {
 TEST(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run("").code, 2);
   EXPECT_EQ(run("frobnicate").code, 2);
-  EXPECT_EQ(run("query --db x.db").code, 2);  // no text
+  EXPECT_EQ(run("query --db x.db --top-k 0 hello").code, 2);
+  EXPECT_EQ(run("query --db x.db --reject-below nan hello").code, 2);
+  // No TEXT reads questions from standard input, which is empty here: a failure, not a usage error.
+  const CliRun no_text = run("query --db x.db < /dev/null");
+  EXPECT_EQ(no_text.code, 1);
+  EXPECT_NE(no_text.out.find("standard input holds no questions"), std::string::npos) << no_text.out;
   EXPECT_EQ(run("train --db x.db --temperature -1").code, 2);
   const CliRun help = run("query --help");
   EXPECT_EQ(help.code, 0);

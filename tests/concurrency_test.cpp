@@ -258,8 +258,9 @@ TEST_F(ConcurrentProcesses, QueriesAnswerWhileTheCliImportsAndTrains) {
   std::vector<std::string> writer_failures;
   std::atomic<int> writes{0};
   std::thread writer([&] {
-    // Alternate two contents of one file: each import replaces ~300 rows,
-    // then a training run replaces the active projection.
+    // Alternate two contents of one file (the demo's questions, counted once,
+    // with or without one more per cluster): each import adds or removes 31
+    // rows, then a training run replaces the active projection.
     const std::string original = testing_support::read_bytes(data);
     std::string edited = original;
     for (std::size_t at = edited.find("\"short\": ["); at != std::string::npos; at = edited.find("\"short\": [", at + 1)) {

@@ -72,6 +72,8 @@ TEST_F(ImporterTest, OriginalFormatLandsEveryField) {
   EXPECT_EQ(report.clusters, 2);
   EXPECT_EQ(report.questions, 7);
   EXPECT_EQ(report.answers, 3);
+  EXPECT_EQ(report.held_out, 1);             // "novel" is held-out test data
+  EXPECT_EQ(report.duplicate_questions, 1);  // "load csv" is both short and medium: kept once, as short
   EXPECT_EQ(report.sha256.size(), 64u);
 
   const auto view = view_of(store);
@@ -85,7 +87,7 @@ TEST_F(ImporterTest, OriginalFormatLandsEveryField) {
                    {"medium", "how do I read a CSV file into the table?"},
                    {"long",
                     "I have a spreadsheet exported as comma separated values and want to load it, what should I use?"},
-                   {"paraphrase", "bring comma-separated data in"}}));
+                   {"medium", "bring comma-separated data in"}}));
   EXPECT_EQ(csv.answers,
             (Pairs{{"default", "Use the CSV data source: point it at the file and map the columns."},
                    {"all-MiniLM-L6-v2", "CSV source: set the path, then map each column to a field."}}));
@@ -257,11 +259,102 @@ TEST_F(ImporterTest, ClustersAreSharedAcrossFiles) {
   EXPECT_TRUE(view.at("x").questions.empty());
   EXPECT_EQ(view.at("x").name, "Cluster X");
 
-  // The same content from another path is another batch.
+  // The same content from another path adds nothing.
   fs::copy_file(answers, file("answers-copy.jsonl"));
-  EXPECT_EQ(import_file(store, file("answers-copy.jsonl")).outcome, ImportOutcome::Imported);
-  EXPECT_EQ(view_of(store).at("x").answers, (Pairs{{"default", "a1"}, {"default", "a1"}}));
-  EXPECT_EQ(store.batches().size(), 4u);
+  const ImportReport copy = import_file(store, file("answers-copy.jsonl"));
+  EXPECT_EQ(copy.outcome, ImportOutcome::AlreadyImported);
+  EXPECT_EQ(copy.same_as, fs::absolute(answers).lexically_normal().string());
+  EXPECT_EQ(view_of(store).at("x").answers, (Pairs{{"default", "a1"}}));
+  EXPECT_EQ(store.batches().size(), 3u);
+}
+
+TEST_F(ImporterTest, ReimportUnderAnotherPathChangesNoRow) {
+  Store store = Store::open(file("db.sqlite"));
+  const fs::path data = copy_fixture("original.json");
+  import_file(store, copy_fixture("records.jsonl"));
+  import_file(store, data);
+  const std::string before = store_detail::logical_dump(store);
+  fs::create_directories(dir_ / "elsewhere");
+  const fs::path copy = dir_ / "elsewhere" / "renamed.json";
+  fs::copy_file(data, copy);
+  const ImportReport report = import_file(store, copy);
+  EXPECT_EQ(report.outcome, ImportOutcome::AlreadyImported);
+  EXPECT_EQ(report.same_as, fs::absolute(data).lexically_normal().string());
+  EXPECT_EQ(store_detail::logical_dump(store), before);
+  EXPECT_EQ(store.batches().size(), 2u);
+}
+
+TEST_F(ImporterTest, IdenticalQuestionsCountOnceWithinAndAcrossFiles) {
+  Store store = Store::open(file("db.sqlite"));
+  const fs::path a = write("a.jsonl",
+                           "{\"cluster\":\"x\",\"question\":\"q1\",\"length\":\"short\"}\n"
+                           "{\"cluster\":\"x\",\"question\":\"q2\"}\n"
+                           "{\"cluster\":\"x\",\"question\":\"q1\",\"length\":\"long\"}\n"
+                           "{\"cluster\":\"x\",\"answer\":\"the answer\"}\n"
+                           "{\"cluster\":\"y\",\"question\":\"q1\"}\n"
+                           "{\"cluster\":\"y\",\"answer\":\"y answer\"}\n");
+  const ImportReport first = import_file(store, a);
+  EXPECT_EQ(first.questions, 3);  // q1 twice in x counts once; q1 in y is another cluster's
+  EXPECT_EQ(first.duplicate_questions, 1);
+  const fs::path b = write("b.json",
+                           R"({"clusters":[{"id":"x","answers":{"default":"the answer"},)"
+                           R"("queries":{"short":["q2","q3"],"medium":["q3"]}}]})");
+  const ImportReport second = import_file(store, b);
+  EXPECT_EQ(second.outcome, ImportOutcome::Imported);
+  EXPECT_EQ(second.duplicate_questions, 2);  // q3 within b, q2 already in x from a
+  EXPECT_EQ(second.duplicate_answers, 1);
+  EXPECT_EQ(second.rows_added, 1);
+  auto view = view_of(store);
+  EXPECT_EQ(view.at("x").questions, (Pairs{{"short", "q1"}, {"", "q2"}, {"short", "q3"}}));
+  EXPECT_EQ(view.at("x").answers, (Pairs{{"default", "the answer"}}));
+  EXPECT_EQ(view.at("y").questions, (Pairs{{"", "q1"}}));
+
+  // a drops q2 and its answer, which b still has: re-importing b (unchanged)
+  // stores them again, under b.
+  write("a.jsonl", "{\"cluster\":\"x\",\"question\":\"q1\",\"length\":\"short\"}\n"
+                   "{\"cluster\":\"y\",\"question\":\"q1\"}\n{\"cluster\":\"y\",\"answer\":\"y answer\"}\n");
+  EXPECT_EQ(import_file(store, a).outcome, ImportOutcome::Updated);
+  EXPECT_EQ(view_of(store).at("x").questions, (Pairs{{"short", "q1"}, {"short", "q3"}}));
+  const ImportReport restored = import_file(store, b);
+  EXPECT_EQ(restored.outcome, ImportOutcome::Updated);
+  EXPECT_EQ(restored.rows_added, 2);
+  view = view_of(store);
+  EXPECT_EQ(view.at("x").questions, (Pairs{{"short", "q1"}, {"short", "q2"}, {"short", "q3"}}));
+  EXPECT_EQ(view.at("x").answers, (Pairs{{"default", "the answer"}}));
+  // And now it is a no-op.
+  const std::string before = store_detail::logical_dump(store);
+  EXPECT_EQ(import_file(store, b).outcome, ImportOutcome::Unchanged);
+  EXPECT_EQ(store_detail::logical_dump(store), before);
+}
+
+TEST_F(ImporterTest, ConflictingAnswersAcrossFilesAreRefusedNamingBothFiles) {
+  Store store = Store::open(file("db.sqlite"));
+  const fs::path a = write("a.jsonl", "{\"cluster\":\"x\",\"question\":\"q\"}\n{\"cluster\":\"x\",\"answer\":\"one\"}\n");
+  import_file(store, a);
+  const std::string a_path = fs::absolute(a).lexically_normal().string();
+  const std::string before = store_detail::logical_dump(store);
+  const fs::path b = write("b.jsonl", "{\"cluster\":\"x\",\"question\":\"q2\"}\n{\"cluster\":\"x\",\"answer\":\"two\"}\n");
+  const fs::path c = write("c.json", R"({"clusters":[{"id":"x","answers":{"default":"three"},"queries":{"short":["q"]}}]})");
+  for (const auto& [path, where] : {std::pair{b, std::string("line 2 (cluster \"x\"): field \"answer\"")},
+                                    std::pair{c, std::string("cluster #1 (\"x\"): field \"answers.default\"")}}) {
+    SCOPED_TRACE(path.string());
+    try {
+      import_file(store, path);
+      ADD_FAILURE() << "expected InputError";
+    } catch (const InputError& e) {
+      const std::string message = e.what();
+      EXPECT_EQ(message.rfind(path.string() + ": " + where, 0), 0u) << message;
+      EXPECT_NE(message.find("already has a different \"default\" answer, from " + a_path), std::string::npos)
+          << message;
+    }
+    EXPECT_EQ(store_detail::logical_dump(store), before);
+  }
+  // Another variant is no conflict, and the file that gave the answer may change it.
+  write("b.jsonl", "{\"cluster\":\"x\",\"answer\":\"two\",\"variant\":\"other-model\"}\n");
+  EXPECT_EQ(import_file(store, b).outcome, ImportOutcome::Imported);
+  write("a.jsonl", "{\"cluster\":\"x\",\"question\":\"q\"}\n{\"cluster\":\"x\",\"answer\":\"one, edited\"}\n");
+  EXPECT_EQ(import_file(store, a).outcome, ImportOutcome::Updated);
+  EXPECT_EQ(view_of(store).at("x").answers, (Pairs{{"default", "one, edited"}, {"other-model", "two"}}));
 }
 
 TEST_F(ImporterTest, DeeplyNestedJsonIsRefusedNotCrashed) {
@@ -363,6 +456,19 @@ std::vector<BadInput> bad_inputs() {
        {"line 2", "expected a JSON object, got array"}},
       {"jsonl_record_without_content", "a.jsonl", "{\"cluster\":\"x\",\"answer\":\"a\"}\n{\"cluster\":\"x\"}\n",
        {"line 2 (cluster \"x\")", "none of \"question\""}},
+      {"jsonl_unknown_length", "a.jsonl", "{\"cluster\":\"x\",\"answer\":\"a\"}\n{\"cluster\":\"x\",\"question\":\"q\",\"length\":\"tiny\"}\n",
+       {"line 2 (cluster \"x\")", "field \"length\": unknown length \"tiny\"", "short, medium or long"}},
+      {"original_unknown_group", "a.json",
+       R"({"clusters":[{"id":"e","answers":{"default":"x"},"queries":{"short":["q"],"paraphrase":["p"]}}]})",
+       {"cluster #1 (\"e\")", "field \"queries.paraphrase\": unknown query group"}},
+      {"jsonl_only_novel", "a.jsonl", "{\"cluster\":\"n\",\"question\":\"held out\",\"length\":\"novel\"}\n",
+       {"line 1 (cluster \"n\")", "no questions or answers", "\"novel\" questions are held out"}},
+      {"jsonl_duplicate_key", "a.jsonl",
+       "{\"cluster\":\"x\",\"answer\":\"a\"}\n{\"cluster\":\"x\",\"question\":\"q\",  \"question\":\"r\"}\n",
+       {"line 2, column 33", "\"question\" appears twice"}},
+      {"original_duplicate_key", "a.json",
+       "{\"clusters\":[{\"id\":\"e\",\n  \"answers\":{\"default\":\"x\", \"default\":\"y\"},\"queries\":{\"short\":[\"q\"]}}]}",
+       {"line 2, column 29", "\"default\" appears twice"}},
       {"jsonl_length_not_string", "a.jsonl", "{\"cluster\":\"x\",\"question\":\"q\",\"length\":3}\n",
        {"line 1 (cluster \"x\")", "field \"length\": expected a string, got number"}},
       {"jsonl_conflicting_names", "a.jsonl",

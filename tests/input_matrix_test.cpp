@@ -29,6 +29,7 @@
 #include "ldaproj/store.hpp"
 #include "ldaproj/teacher.hpp"
 #include "ldaproj/tokenizer.hpp"
+#include "ldaproj/train.hpp"
 #include "store/dump.hpp"
 #include "temp_dir_test_base.hpp"
 
@@ -158,9 +159,146 @@ TEST_F(InputMatrix, LongAndEmptyTextsWithinLimitsWork) {
   const fs::path db = copy_db("small.db", file("long.db"));
   const CliResult r = run_cli({"query", "--db", db.string(), "--json", long_text.substr(0, long_text.rfind(' ', 120000))});
   EXPECT_EQ(r.code, 0) << r.out.substr(0, 500);
-  const CliResult empty = run_cli({"encode", "--json", ""});
-  ASSERT_EQ(empty.code, 0) << empty.out;
-  EXPECT_EQ(nlohmann::json::parse(empty.out)["embedding"].size(), 384u);
+  // The CLI refuses an empty text for encode as it does for query.
+  expect_refused(run_cli({"encode", "--json", ""}), {"text #1 is empty"});
+  expect_refused(run_cli({"query", "--db", db.string(), ""}), {"query #1 is empty"});
+}
+
+TEST_F(InputMatrix, QueryReadsQuestionsFromStandardInput) {
+  if (!fs::exists(kModel / "config.json")) GTEST_SKIP() << "no bundled model; run scripts/setup.sh";
+  const fs::path db = copy_db("small.db", file("stdin.db"));
+  CliOptions options;
+  options.standard_input = "how do I order prints\r\nphoto book please\n";
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"query", "--db", db.string(), "--json"},
+                                               std::vector<std::string>{"query", "--db", db.string(), "--json", "-"}}) {
+    const CliResult r = run_cli(args, options);
+    ASSERT_EQ(r.code, 0) << r.out;
+    std::vector<std::string> queries;
+    std::size_t begin = 0;
+    for (std::size_t end = r.out.find('\n'); end != std::string::npos; begin = end + 1, end = r.out.find('\n', begin)) {
+      queries.push_back(nlohmann::json::parse(r.out.substr(begin, end - begin)).at("query"));
+    }
+    EXPECT_EQ(queries, (std::vector<std::string>{"how do I order prints", "photo book please"}));
+  }
+  options.standard_input = "how do I order prints\n  \nphoto book please\n";
+  expect_refused(run_cli({"query", "--db", db.string(), "-"}, options), {"standard input, line 2 is empty"});
+  expect_refused(run_cli({"query", "--db", db.string()}), {"standard input holds no questions"});
+}
+
+TEST_F(InputMatrix, NumericFlagsRefuseNonFiniteValuesAndNameTheirRange) {
+  const fs::path db = copy_db("small.db", file("flags.db"));
+  auto expect_usage_error = [](const CliResult& r, const std::string& part) {
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_HAS(r.out, part);
+    EXPECT_EQ(r.out.find("179769"), std::string::npos) << r.out;  // the largest double, printed in full
+  };
+  for (const char* bad : {"nan", "inf", "-inf", "NaN"}) {
+    SCOPED_TRACE(bad);
+    expect_usage_error(run_cli({"query", "--db", db.string(), "--reject-below", bad, "hello"}), "is not a finite number");
+    expect_usage_error(run_cli({"query", "--db", db.string(), "--temperature", bad, "hello"}), "is not a finite number");
+    expect_usage_error(run_cli({"query", "--db", db.string(), "--blend-direct", bad, "hello"}), "is not a finite number");
+  }
+  expect_usage_error(run_cli({"query", "--db", db.string(), "--temperature", "-1", "hello"}),
+                     "-1 is out of range; give a positive number");
+  expect_usage_error(run_cli({"embed", "--db", db.string(), "--threads", "-2"}), "-2 is out of range; give a number >= 0");
+  expect_usage_error(run_cli({"query", "--db", db.string(), "--blend-questions", "2", "hello"}),
+                     "2 is out of range; give a number from 0 to 0.999");
+  expect_usage_error(run_cli({"query", "--db", db.string(), "--max-tokens", "600", "hello"}),
+                     "give a number from 2 to 512");
+  expect_usage_error(run_cli({"query", "--db", db.string(), "--temperature", "warm", "hello"}), "\"warm\" is not a number");
+}
+
+TEST_F(InputMatrix, DirectoriesAndDevicesAreNamedAsSuch) {
+  const fs::path dir = file("a-directory");
+  fs::create_directories(dir);
+  const fs::path data = write_file(file("x.jsonl"), "{\"cluster\":\"x\",\"question\":\"q\"}\n{\"cluster\":\"x\",\"answer\":\"a\"}\n");
+  for (const std::string command : {"stats", "embed", "train"}) {
+    SCOPED_TRACE(command);
+    const CliResult on_dir = run_cli({command, "--db", dir.string()});
+    expect_refused(on_dir, {dir.string() + " is a directory, not a database"});
+    EXPECT_EQ(on_dir.out.find("create it with"), std::string::npos) << on_dir.out;
+    expect_refused(run_cli({command, "--db", "/dev/null"}), {"/dev/null is not a regular file"});
+  }
+  expect_refused(run_cli({"query", "--db", dir.string(), "hello"}), {"is a directory, not a database"});
+  expect_refused(run_cli({"import", "--db", dir.string(), data.string()}), {dir.string() + " is a directory"});
+  expect_refused(run_cli({"import", "--db", "/dev/null", data.string()}), {"/dev/null is not a regular file"});
+  const fs::path db = file("fresh.db");
+  expect_refused(run_cli({"import", "--db", db.string(), "/dev/null"}), {"/dev/null: is a device, not a file"});
+  EXPECT_EQ(run_cli({"import", "--db", db.string(), dir.string()}).code, 2);  // CLI11: "is actually a directory"
+}
+
+// ------------------------------------------------------------ staleness
+
+TEST_F(InputMatrix, StalenessNamesWhatEmbedAndTrainWouldFix) {
+  const fs::path db = file("stale.db");
+  const fs::path data = write_file(file("faq.jsonl"),
+                                   "{\"cluster\":\"a\",\"question\":\"qa1\"}\n{\"cluster\":\"a\",\"question\":\"qa2\"}\n"
+                                   "{\"cluster\":\"a\",\"answer\":\"answer a\"}\n"
+                                   "{\"cluster\":\"b\",\"question\":\"qb1\"}\n{\"cluster\":\"b\",\"answer\":\"answer b\"}\n");
+  {
+    Store store = Store::open(db);
+    import_file(store, data);
+    const Staleness raw = store.staleness();
+    EXPECT_EQ(raw.model, "");
+    EXPECT_EQ(raw.questions_without_embedding, 3);
+    EXPECT_EQ(raw.answers_without_embedding, 2);
+    testing_support::embed_randomly(store);
+    train_teacher(store, testing_support::kBundledModelName, {});
+    const Staleness fresh = store.staleness();
+    EXPECT_FALSE(fresh.any()) << describe_staleness(fresh, "x").front();
+    EXPECT_EQ(fresh.model, testing_support::kBundledModelName);
+    EXPECT_FALSE(fresh.projection.empty());
+  }
+  const CliResult clean = run_cli({"stats", "--db", db.string()});
+  EXPECT_EQ(clean.code, 0) << clean.out;
+  EXPECT_EQ(clean.out.find("warning: "), std::string::npos) << clean.out;
+
+  // Cluster a's answer is edited, b gains a question, c is new.
+  write_file(data, "{\"cluster\":\"a\",\"question\":\"qa1\"}\n{\"cluster\":\"a\",\"question\":\"qa2\"}\n"
+                   "{\"cluster\":\"a\",\"answer\":\"answer a, edited\"}\n"
+                   "{\"cluster\":\"b\",\"question\":\"qb1\"}\n{\"cluster\":\"b\",\"question\":\"qb2\"}\n"
+                   "{\"cluster\":\"b\",\"answer\":\"answer b\"}\n"
+                   "{\"cluster\":\"c\",\"question\":\"qc1\"}\n{\"cluster\":\"c\",\"answer\":\"answer c\"}\n");
+  ASSERT_EQ(run_cli({"import", "--db", db.string(), data.string()}).code, 0);
+  {
+    const Store store = Store::open_read_only(db);
+    const Staleness s = store.staleness();
+    EXPECT_EQ(s.questions_without_embedding, 2);
+    EXPECT_EQ(s.answers_without_embedding, 2);
+    EXPECT_EQ(s.clusters_without_head, 1);
+    EXPECT_EQ(s.clusters_changed, 2);
+  }
+  const CliResult stats = run_cli({"stats", "--db", db.string(), "--json"});
+  ASSERT_EQ(stats.code, 0) << stats.out;
+  const nlohmann::json staleness = nlohmann::json::parse(stats.out).at("staleness");
+  EXPECT_EQ(staleness.at("questions_without_embedding"), 2);
+  EXPECT_EQ(staleness.at("answers_without_embedding"), 2);
+  EXPECT_EQ(staleness.at("clusters_without_head"), 1);
+  EXPECT_EQ(staleness.at("clusters_changed"), 2);
+  ASSERT_EQ(staleness.at("warnings").size(), 3u);
+  EXPECT_HAS(staleness.at("warnings")[0].get<std::string>(), "2 questions and 2 answers have no");
+  EXPECT_HAS(staleness.at("warnings")[0].get<std::string>(), "`ldaproj embed --db " + db.string() + "`");
+  EXPECT_HAS(staleness.at("warnings")[1].get<std::string>(), "1 cluster has no head");
+  EXPECT_HAS(staleness.at("warnings")[2].get<std::string>(), "2 clusters' questions or answers changed");
+  EXPECT_HAS(staleness.at("warnings")[2].get<std::string>(), "`ldaproj train --db " + db.string() + "`");
+  if (fs::exists(kModel / "config.json")) {
+    const CliResult text = run_cli({"query", "--db", db.string(), "qb1"});
+    EXPECT_EQ(text.code, 0) << text.out;
+    EXPECT_HAS(text.out, "warning: 2 questions and 2 answers have no");
+    const CliResult json = run_cli({"query", "--db", db.string(), "--json", "qb1"});
+    ASSERT_EQ(json.code, 0) << json.out;
+    EXPECT_EQ(nlohmann::json::parse(json.out).at("warnings").size(), 3u);
+  }
+  {
+    Store store = Store::open(db);
+    testing_support::embed_randomly(store, 7);
+    const Staleness embedded = store.staleness();
+    EXPECT_EQ(embedded.questions_without_embedding + embedded.answers_without_embedding, 0);
+    EXPECT_EQ(embedded.clusters_without_head, 1);
+    EXPECT_EQ(embedded.clusters_changed, 2);
+    train_teacher(store, testing_support::kBundledModelName, {});
+    EXPECT_FALSE(store.staleness().any());
+  }
 }
 
 // ------------------------------------------------------------ embeddings
@@ -518,8 +656,13 @@ TEST_F(FullDisk, ImportEmbedAndTrainFailCleanlyAndRecover) {
   constexpr rlim_t kLimit = 48 * 1024;
   const std::vector<std::string> advice = {"SQLite", db.string(), "full", "file-size limit", "changed nothing"};
 
-  // Import: a copy of the demo file under a new path is a new batch of ~340 rows.
-  const fs::path copy = write_file(file("clusters.json"), read_bytes(data));
+  // Import: the demo file with its clusters renamed is a new batch of ~340 rows
+  // (an unchanged copy would add nothing: imports are keyed by content).
+  std::string renamed = read_bytes(data);
+  for (std::size_t at = renamed.find("\"id\": \""); at != std::string::npos; at = renamed.find("\"id\": \"", at + 1)) {
+    renamed.insert(at + 7, "copy_");
+  }
+  const fs::path copy = write_file(file("clusters.json"), renamed);
   std::string before = dump_of(db);
   expect_refused(run_cli({"import", "--db", db.string(), copy.string()}, limited(kLimit)), advice);
   EXPECT_SAME_STORE(db, before);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,23 @@ struct ServerOptions {
   std::size_t max_batch = 64;           // texts or embeddings per request
   std::size_t max_text_bytes = 4096;    // per text, UTF-8 bytes
   std::size_t max_top_k = 100;
-  int timeout_seconds = 10;             // reading a request / writing a response
+  // Seconds from a request's first byte to its last (headers and body
+  // together), and to write a response; a slower client gets 408 and is
+  // disconnected, whatever its byte rate.
+  int timeout_seconds = 10;
+  int keep_alive_seconds = 5;           // idle wait for a connection's next request
+  std::size_t max_connections = 1024;   // open at once; beyond that 503 and close
+  std::size_t max_requests_per_connection = 1000;
+  // Host header names answered besides loopback ones and --host (DNS
+  // rebinding protection): exact names, ".example.com" for a domain and its
+  // subdomains, "*" for any.
+  std::vector<std::string> allowed_hosts;
+  // Web origins (e.g. "https://app.example.com") whose pages may POST here;
+  // the server's own page always may. "*" for any.
+  std::vector<std::string> allowed_origins;
+  // Default out-of-scope threshold for /v1/search requests that send no
+  // reject_below; nullopt: none.
+  std::optional<float> reject_below;
   // multi-head's blends (SearchOptions::blend_questions / blend_direct) for
   // requests that do not give blend_questions / blend_direct; each in [0, 1).
   float blend_questions = 0.0f;
@@ -47,6 +64,10 @@ struct ServedModel {
   std::size_t dim = 0;
   std::vector<std::string> methods;  // the search methods this store can answer by
   std::uint64_t generation = 0;      // 1 for the first load, +1 per successful reload
+  // What the store has that this model does not serve yet (texts without
+  // embeddings, clusters without heads or changed since training), one
+  // sentence each naming the command that fixes it; empty when up to date.
+  std::vector<std::string> warnings;
 };
 
 class Server {

@@ -158,6 +158,31 @@ struct StoreStats {
   int schema_version = 0;
 };
 
+// How far the store has moved on since its texts were embedded and its
+// projection trained: counts from SQL alone (no vectors are read), so every
+// command and the server can warn cheaply. describe_staleness() words them.
+struct Staleness {
+  std::string model;       // the embedding model counted; "" when nothing was embedded yet
+  std::int64_t questions_without_embedding = 0;  // not searched until `ldaproj embed`
+  std::int64_t answers_without_embedding = 0;    // their clusters drop out of results until `ldaproj embed`
+  std::string projection;  // the projection counted; "" when none is trained
+  // Clusters with questions and an answer but no head (imported after
+  // training): routing cannot reach them until `ldaproj train`.
+  std::int64_t clusters_without_head = 0;
+  // Heads whose cluster gained, lost or re-worded questions or answers since
+  // training (the head still holds the old centroid and answer). Projections
+  // trained before ldaproj recorded what they were trained on count only
+  // gained or lost questions.
+  std::int64_t clusters_changed = 0;
+  bool any() const {
+    return questions_without_embedding + answers_without_embedding + clusters_without_head + clusters_changed > 0;
+  }
+};
+
+// One sentence per finding, naming the count and the command that fixes it
+// (with `--db db_path`); empty when nothing is stale.
+std::vector<std::string> describe_staleness(const Staleness& staleness, const std::string& db_path);
+
 // A Store is one SQLite connection: use each Store from one thread at a time
 // (open one per thread). Other processes and Stores may read while one writes
 // (WAL): a reader sees each logical write (an import, an embedding batch, a
@@ -254,6 +279,9 @@ class Store {
 
   std::vector<ImportBatch> batches() const;
   StoreStats stats() const;
+  // For the named projection (the active one when empty) and its model; with
+  // no projection, for the first embedding model, if any. One snapshot.
+  Staleness staleness(const std::string& projection_name = {}) const;
 
   // A consistent copy of the whole database at `destination` (which must not
   // exist) through SQLite's VACUUM INTO: safe while other processes write,

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "cli/scale_commands.hpp"
+#include "cli/validators.hpp"
 #include "ldaproj/crossover.hpp"
 #include "ldaproj/error.hpp"
 
@@ -49,10 +50,10 @@ void BenchCommand::add_to(CLI::App& app) {
   command->add_option("--route-k", route_k, "Heads the sparse teacher routes over")->capture_default_str();
   command->add_option("--temperature", temperature, "Routing temperature of every method")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--queries", queries, "Held-out queries per size (also the throughput batch)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--questions-per-cluster", questions_per_cluster, "Questions averaged into each centroid")
       ->capture_default_str();
   command->add_option("--training-questions", training_questions,
@@ -71,18 +72,18 @@ void BenchCommand::add_to(CLI::App& app) {
                       "Students' teacher-init attention gain, as `distill --attention-gain` (0: chosen by "
                       "validation loss; 200 was the fixed value before)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   command->add_option("--domains", domains, "Ensemble domains (k-means over the centroids)")->capture_default_str();
   command->add_option("--top-domains", top_domains, "Ensemble students run per query")->capture_default_str();
   command->add_option("--student-keys-per-head", student_keys_per_head,
                       "Learned keys per attention head of the student and of every ensemble student "
                       "(student-matched gets more to match the ensemble's parameters)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--fine-tune-epochs", fine_tune_epochs,
                       "Ensemble: epochs of end-to-end fine-tuning of router and students after the router (0: off)")
       ->capture_default_str();
-  command->add_option("--threads", threads, "Thread cap (default: all cores)")->check(CLI::NonNegativeNumber);
+  command->add_option("--threads", threads, "Thread cap (default: all cores)")->check(non_negative_number());
   command->add_option("--seed", seed, "Random seed")->capture_default_str();
   command->add_option("--csv", csv, "CSV output file")->capture_default_str();
   command->add_option("--plot", plot, "SVG plot of latency against cluster count")->capture_default_str();

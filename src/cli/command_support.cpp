@@ -6,8 +6,16 @@
 namespace ldaproj::cli {
 
 void require_existing_db(const std::string& db) {
-  if (!std::filesystem::exists(db)) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(db, ec)) {
+    throw InputError(db + " is a directory, not a database; give --db the database file");
+  }
+  if (!std::filesystem::exists(db, ec)) {
     throw InputError("database " + db + " does not exist; create it with `ldaproj import --db " + db + " FILE...`");
+  }
+  if (!std::filesystem::is_regular_file(db, ec)) {
+    throw InputError(db + " is not a regular file (a device, pipe or socket), so not a database; give --db the "
+                     "database file");
   }
 }
 

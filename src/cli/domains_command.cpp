@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/scale_commands.hpp"
+#include "cli/validators.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/store.hpp"
 
@@ -16,7 +17,7 @@ void DomainsCommand::add_to(CLI::App& app) {
   command->add_option("--projection", projection, "Projection name (default: the active one)");
   command->add_option("--domains", options.domains, "Number of domains (k-means, agglomerative)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--method", method, "kmeans (over the centroids), agglomerative or manual")
       ->capture_default_str();
   command->add_flag("--balanced", options.balanced, "k-means: domain sizes differ by at most one");

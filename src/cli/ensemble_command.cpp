@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/scale_commands.hpp"
+#include "cli/validators.hpp"
 #include "ldaproj/error.hpp"
 
 namespace ldaproj::cli {
@@ -19,7 +20,7 @@ void EnsembleCommand::add_to(CLI::App& app) {
   command->add_option("--projection", projection, "Projection to learn (default: the active one)");
   command->add_option("--domains", domains.domains, "Number of domains (students)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 65536));
+      ->check(number_in(1, 65536));
   command->add_option("--domain-method", domain_method, "kmeans (over the centroids) or agglomerative")
       ->capture_default_str();
   command->add_flag("--balanced", domains.balanced, "k-means: every domain gets n/D heads (rounded)");
@@ -29,7 +30,7 @@ void EnsembleCommand::add_to(CLI::App& app) {
       ->check(CLI::ExistingFile);
   command->add_option("--top-domains", options.top_domains, "Students run per query at inference")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   StudentConfig& sc = options.student.config;
   command->add_option("--heads", sc.num_heads, "Each student's attention heads")->capture_default_str();
   command->add_option("--keys-per-head", sc.keys_per_head, "Each student's learned keys per head")->capture_default_str();
@@ -46,7 +47,7 @@ void EnsembleCommand::add_to(CLI::App& app) {
   command->add_option("--attention-gain", options.student.attention_gain,
                       "Students' teacher-init attention gain, as `distill --attention-gain` (0: chosen per student)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   command->add_option("--cosine-weight", options.student.cosine_weight, "Students' cosine loss weight")
       ->capture_default_str();
   command->add_option("--router-hidden", options.router_hidden, "Meta-router hidden width")->capture_default_str();

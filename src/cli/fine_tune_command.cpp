@@ -2,6 +2,7 @@
 // store as training texts (one class per cluster), an optional held-out file
 // to choose the epoch, the model directory written whole or not at all.
 #include "cli/fine_tune_command.hpp"
+#include "cli/validators.hpp"
 
 #include <cstdio>
 #include <fstream>
@@ -30,24 +31,24 @@ void FineTuneEncoderCommand::add_to(CLI::App& app) {
                       "last epoch is kept")
       ->check(CLI::ExistingFile);
   command->add_option("--layers", options.layers, "Last transformer layers trained")->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--epochs", options.epochs, "Epochs over the questions")->capture_default_str()
-      ->check(CLI::Range(1, 1000));
+      ->check(number_in(1, 1000));
   command->add_option("--batch-size", options.batch_size, "Questions per step")->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--lr", options.layer_lr, "Peak AdamW learning rate of the layers")->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--key-lr", options.key_lr, "AdamW learning rate of the per-cluster keys")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(positive_number());
   command->add_option("--temperature", options.temperature, "Routing softmax temperature of the loss")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(positive_number());
   command->add_option("--weight-decay", options.weight_decay, "AdamW weight decay of the layers")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(non_negative_number());
   command->add_option("--dropout", options.dropout, "Dropout inside the trained layers")->capture_default_str()
-      ->check(CLI::Range(0.0, 0.99));
+      ->check(number_in(0.0, 0.99));
   command->add_option("--seed", options.seed, "Seed for initialisation order and dropout")->capture_default_str();
   command->add_option("--threads", options.threads, "Training threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   command->add_flag("--json", as_json,
                     "Print fine_tune.json (options, every epoch, the chosen one) and model_dir as one JSON object");
   command->add_flag("--quiet,-q", quiet, "No progress output");

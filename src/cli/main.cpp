@@ -30,6 +30,7 @@
 #include "cli/progress.hpp"
 #include "cli/scale_commands.hpp"
 #include "cli/train_command.hpp"
+#include "cli/validators.hpp"
 #include "ldaproj/distill.hpp"
 #include "ldaproj/ensemble.hpp"
 #include "ldaproj/encoder.hpp"
@@ -62,11 +63,11 @@ struct EncoderFlags {
                    "Model directory with config.json, tokenizer.json and a .safetensors file "
                    "(default: $LDAPROJ_MODEL, else the bundled all-MiniLM-L6-v2)");
     cmd.add_option("--threads", threads, "Threads for encoding and routing (default: all cores)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(non_negative_number());
     cmd.add_option("--max-tokens", max_tokens,
                    "Truncate texts to this many tokens including [CLS]/[SEP]")
         ->capture_default_str()
-        ->check(CLI::Range(2, 512));
+        ->check(number_in(2, 512));
     cmd.add_option("--encoder-precision", precision,
                    "Encoder weights: fp32 (exact), bf16 (faster; cosine to fp32 >= 0.999) or int8 "
                    "(fastest for one short query; cosine >= 0.995 only); docs/BENCHMARKS.md. "
@@ -100,28 +101,28 @@ struct TeacherFlags {
     cmd.add_option("--blend-questions", blend_questions,
                    "multi-head: mix the routing weights with question-routing's, (1-B) teacher + B questions")
         ->capture_default_str()
-        ->check(CLI::Range(0.0, 0.999));
+        ->check(number_in(0.0, 0.999));
     cmd.add_option("--blend-direct", blend_direct,
                    "multi-head: rank answers by (1-G) cos(projection, answer) + G cos(query, answer)")
         ->capture_default_str()
-        ->check(CLI::Range(0.0, 0.999));
+        ->check(number_in(0.0, 0.999));
     cmd.add_option("--question-temperature", question_temperature,
                    "question-routing: softmax temperature over the similarities to the training questions")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(positive_number());
     cmd.add_option("--question-neighbors", question_neighbors,
                    "question-routing: nearest training questions that share the weight (0: all)")
         ->capture_default_str();
     cmd.add_option("--route-k", route_k,
                    "sparse-teacher: route each query over this many nearest heads (HNSW over the centroids)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(positive_number());
     cmd.add_option("--top-domains", top_domains,
                    "ensemble: students run per query (the heaviest domains by the meta-router; default: as trained)");
     cmd.add_option("--approximate-answers-from", approximate_answers_from,
                    "Search the answers through an HNSW graph when there are at least this many (else exactly)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(positive_number());
     cmd.add_option("--precision", precision,
                    "Storage of centroids and answers for routing: fp32, bf16 (half the memory "
                    "traffic) or int8 (a quarter); see docs/BENCHMARKS.md for the accuracy cost")
@@ -296,12 +297,25 @@ int run_import(const std::string& db, const std::vector<std::string>& files, con
       continue;
     }
     const ImportReport r = while_doing("importing " + file + " into " + db, [&] { return import_file(store, file); });
+    if (r.outcome == ImportOutcome::AlreadyImported) {
+      std::printf("%s: already imported as %s (same content), skipped\n", file.c_str(), r.same_as.c_str());
+      continue;
+    }
     const char* what = r.outcome == ImportOutcome::Unchanged ? "unchanged, skipped"
                        : r.outcome == ImportOutcome::Updated ? "updated"
                                                              : "imported";
-    std::printf("%s: %s (%lld clusters, %lld questions, %lld answers)\n", file.c_str(), what,
+    std::string notes;
+    if (r.outcome == ImportOutcome::Updated) {
+      notes += "; " + std::to_string(r.rows_added) + " rows added, " + std::to_string(r.rows_removed) + " removed";
+    }
+    if (r.duplicate_questions + r.duplicate_answers > 0) {
+      notes += "; " + std::to_string(r.duplicate_questions) + " questions and " + std::to_string(r.duplicate_answers) +
+               " answers already in their cluster, counted once";
+    }
+    if (r.held_out > 0) notes += "; " + std::to_string(r.held_out) + " \"novel\" (held-out) questions not imported";
+    std::printf("%s: %s (%lld clusters, %lld questions, %lld answers%s)\n", file.c_str(), what,
                 static_cast<long long>(r.clusters), static_cast<long long>(r.questions),
-                static_cast<long long>(r.answers));
+                static_cast<long long>(r.answers), notes.c_str());
   }
   return 0;
 }
@@ -545,12 +559,41 @@ void check_text(const std::string& text, const std::string& what, bool allow_bla
   }
 }
 
+// What the store has that the embeddings or the projection do not cover yet
+// (Store::staleness): on stderr for text output; --json output carries it as
+// a "warnings" field so that stdout stays one JSON document per line.
+std::vector<std::string> stale_warnings(const Store& store, const std::string& projection, const std::string& db,
+                                        bool as_json) {
+  std::vector<std::string> warnings = describe_staleness(store.staleness(projection), db);
+  if (!as_json) {
+    for (const std::string& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  }
+  return warnings;
+}
+
 int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags& teacher, const QueryFlags& f,
-              const std::vector<std::string>& texts) {
-  for (std::size_t i = 0; i < texts.size(); ++i) check_text(texts[i], "query #" + std::to_string(i + 1), false);
+              std::vector<std::string> texts) {
+  // No TEXT or "-": one question per line of standard input.
+  const bool from_stdin = texts.empty() || (texts.size() == 1 && texts[0] == "-");
+  if (from_stdin) {
+    if (isatty(fileno(stdin)) != 0) {
+      throw InputError("give the question as TEXT, or pipe questions (one per line) into `ldaproj query -`");
+    }
+    texts.clear();
+    std::string line;
+    while (std::getline(std::cin, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      texts.push_back(line);
+    }
+    if (texts.empty()) throw InputError("standard input holds no questions; give one question per line");
+  }
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    check_text(texts[i], (from_stdin ? "standard input, line " : "query #") + std::to_string(i + 1), false);
+  }
   require_existing_db(db);
   Store store = Store::open_for_reading(db);
   const Searcher searcher = Searcher::load(store, f.projection, teacher.options(enc));
+  const std::vector<std::string> warnings = stale_warnings(store, searcher.projection_name(), db, f.as_json);
   const Encoder encoder = enc.load();
   if (encoder.model_name() != searcher.model_name()) {
     throw InputError("the projection was trained on " + searcher.model_name() +
@@ -604,6 +647,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
         }
       }
       if (options.method == Method::SparseTeacher) out["uncovered_mass_bound"] = r.uncovered_mass_bound;
+      if (!warnings.empty()) out["warnings"] = warnings;
       std::cout << out.dump() << "\n";
       continue;
     }
@@ -710,6 +754,7 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   const RejectThresholds reject = parse_reject_thresholds(f.reject_below);
   Store store = Store::open_for_reading(db);
   const Searcher searcher = Searcher::load(store, f.projection, teacher.options(enc));
+  const std::vector<std::string> warnings = stale_warnings(store, searcher.projection_name(), db, f.as_json);
   std::set<std::string> known;
   for (const Cluster& c : store.clusters()) known.insert(c.external_id);
   std::vector<std::string> texts, expected;
@@ -877,6 +922,7 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
     }
   }
   if (answer_recall) out["answer_index"] = {{"kind", "hnsw"}, {"recall_at_10", *answer_recall}};
+  if (!warnings.empty()) out["warnings"] = warnings;
   if (f.as_json) {
     std::cout << out.dump() << "\n";
     return 0;
@@ -961,6 +1007,15 @@ int run_stats(const std::string& db, bool as_json) {
            {"questions", s.questions}, {"answers", s.answers}, {"import_batches", s.batches},
            {"embeddings", json::object()}, {"projections", json::array()}};
   for (const auto& [model, count] : s.embeddings_per_model) out["embeddings"][model] = count;
+  const Staleness stale = store.staleness();
+  const std::vector<std::string> warnings = describe_staleness(stale, db);
+  out["staleness"] = {{"model", stale.model},
+                      {"projection", stale.projection},
+                      {"questions_without_embedding", stale.questions_without_embedding},
+                      {"answers_without_embedding", stale.answers_without_embedding},
+                      {"clusters_without_head", stale.clusters_without_head},
+                      {"clusters_changed", stale.clusters_changed},
+                      {"warnings", warnings}};
   for (const auto& p : s.projections) {
     out["projections"].push_back({{"name", p.name}, {"model", p.model}, {"temperature", p.temperature},
                                   {"centroid_method", p.centroid_method}, {"active", p.active},
@@ -1036,6 +1091,7 @@ int run_stats(const std::string& db, bool as_json) {
                 config.value("domains", json(0)).dump().c_str(), config.value("top_domains", json(0)).dump().c_str(),
                 e.created_at.c_str(), provenance_note(e.provenance).c_str());
   }
+  for (const std::string& w : warnings) std::printf("  warning: %s\n", w.c_str());
   return 0;
 }
 
@@ -1050,7 +1106,8 @@ int run_encode(const EncoderFlags& enc, bool as_json, std::vector<std::string> t
     }
   }
   for (std::size_t i = 0; i < texts.size(); ++i) {
-    check_text(texts[i], (from_stdin ? "standard input, line " : "text #") + std::to_string(i + 1), true);
+    // Refused like `query ""`: an empty text has no meaning to embed.
+    check_text(texts[i], (from_stdin ? "standard input, line " : "text #") + std::to_string(i + 1), false);
   }
   const Encoder encoder = enc.load();
   // Encode in chunks so a long stdin stream prints as it goes.
@@ -1120,6 +1177,7 @@ int run_serve(ServerOptions options, bool access_log) {
               options.host.find(':') != std::string::npos ? ("[" + options.host + "]").c_str() : options.host.c_str(),
               port, m.projection.c_str(), m.heads, m.answers, methods.c_str(),
               options.api_key.empty() ? "" : "; API key required");
+  for (const std::string& w : m.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   std::printf("ldaproj serve: SIGHUP or POST /v1/reload reloads the model; Ctrl-C stops\n");
   std::fflush(stdout);
 
@@ -1132,6 +1190,7 @@ int run_serve(ServerOptions options, bool access_log) {
       const ServedModel fresh = server.reload();
       std::printf("ldaproj serve: reloaded projection \"%s\" (generation %llu, %zu heads)\n",
                   fresh.projection.c_str(), static_cast<unsigned long long>(fresh.generation), fresh.heads);
+      for (const std::string& w : fresh.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ldaproj serve: reload failed, still serving the previous model: %s\n", e.what());
     }
@@ -1173,7 +1232,10 @@ int main(int argc, char** argv) {
   import_cmd->footer(
       "Formats: {\"clusters\":[{\"id\", \"answers\":{\"default\":...}, \"queries\":{\"short\":[...],...}}]}\n"
       "or JSON Lines {\"cluster\",\"question\"[,\"length\"]} / {\"cluster\",\"answer\"[,\"variant\"]}.\n"
-      "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch.\n"
+      "Lengths: short, medium, long (JSON Lines: or none); \"novel\" questions are held out, not imported.\n"
+      "Re-importing an unchanged file is a no-op; a changed file replaces its earlier batch; a file whose\n"
+      "content another path already imported adds nothing. A question already in its cluster is stored\n"
+      "once; an answer variant another file gave the cluster with other text is refused.\n"
       "A .safetensors file is a student (from `ldaproj export` or PyTorch, config in __metadata__) and\n"
       "replaces the projection's student, or an ensemble (from `ldaproj export --ensemble`) and replaces\n"
       "the projection's ensemble. It must carry the fingerprint of that projection (the teacher it was\n"
@@ -1186,7 +1248,7 @@ int main(int argc, char** argv) {
   auto* embed_cmd = app.add_subcommand("embed", "Embed every question and answer that has no embedding for the model");
   add_db(embed_cmd);
   enc.add_to(*embed_cmd);
-  embed_cmd->add_option("--batch-size", embed_batch, "Texts per committed batch")->capture_default_str()->check(CLI::PositiveNumber);
+  embed_cmd->add_option("--batch-size", embed_batch, "Texts per committed batch")->capture_default_str()->check(positive_number());
   embed_cmd->add_flag("--quiet,-q", quiet, "No progress output");
   embed_cmd->footer("Resumable: every finished batch is committed, so an interrupted run loses nothing.");
 
@@ -1200,36 +1262,36 @@ int main(int argc, char** argv) {
     ldaproj::DistillOptions& o = df.options;
     distill_cmd->add_option("--projection", df.projection, "Projection to distil (default: the active one)");
     distill_cmd->add_option("--heads", o.config.num_heads, "Attention heads (must divide the embedding dimension)")
-        ->capture_default_str()->check(CLI::PositiveNumber);
+        ->capture_default_str()->check(positive_number());
     distill_cmd->add_option("--keys-per-head", o.config.keys_per_head, "Learned keys per head (keys = heads x this)")
-        ->capture_default_str()->check(CLI::PositiveNumber);
-    distill_cmd->add_option("--layers", o.config.layers, "Stacked blocks")->capture_default_str()->check(CLI::Range(1, 64));
+        ->capture_default_str()->check(positive_number());
+    distill_cmd->add_option("--layers", o.config.layers, "Stacked blocks")->capture_default_str()->check(number_in(1, 64));
     distill_cmd->add_option("--variant", df.variant, "attention, mlp-attention or block")
         ->capture_default_str()->check(CLI::IsMember({"attention", "mlp-attention", "block"}));
     distill_cmd->add_option("--ff-dim", o.config.ff_dim, "FFN/MLP hidden width (default: 2 x dim)");
     distill_cmd->add_option("--init", df.init, "teacher (keys from k-means of the centroids, values from their answers) or random")
         ->capture_default_str()->check(CLI::IsMember({"teacher", "random"}));
-    distill_cmd->add_option("--epochs", o.epochs, "Maximum epochs")->capture_default_str()->check(CLI::Range(1, 100000));
-    distill_cmd->add_option("--batch-size", o.batch_size, "Inputs per step")->capture_default_str()->check(CLI::PositiveNumber);
-    distill_cmd->add_option("--lr", o.lr, "Peak AdamW learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+    distill_cmd->add_option("--epochs", o.epochs, "Maximum epochs")->capture_default_str()->check(number_in(1, 100000));
+    distill_cmd->add_option("--batch-size", o.batch_size, "Inputs per step")->capture_default_str()->check(positive_number());
+    distill_cmd->add_option("--lr", o.lr, "Peak AdamW learning rate")->capture_default_str()->check(positive_number());
     distill_cmd->add_option("--weight-decay", o.weight_decay, "AdamW weight decay (weight matrices only)")->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(non_negative_number());
     distill_cmd->add_option("--schedule", df.schedule, "LR schedule: cosine, step (x0.3 every third) or constant")
         ->capture_default_str()->check(CLI::IsMember({"cosine", "step", "constant"}));
     distill_cmd->add_option("--patience", o.patience, "Stop after this many epochs without validation improvement (0: never)")
         ->capture_default_str();
     distill_cmd->add_option("--mse-weight", o.mse_weight, "Weight of the squared error to the teacher's output")
-        ->capture_default_str()->check(CLI::NonNegativeNumber);
+        ->capture_default_str()->check(non_negative_number());
     distill_cmd->add_option("--cosine-weight", o.cosine_weight, "Weight of 1 - cosine to the teacher's output")
-        ->capture_default_str()->check(CLI::NonNegativeNumber);
+        ->capture_default_str()->check(non_negative_number());
     distill_cmd->add_option("--kl-weight", o.kl_weight,
                             "Weight of KL(teacher routing pooled onto the key groups || student attention)")
-        ->capture_default_str()->check(CLI::NonNegativeNumber);
+        ->capture_default_str()->check(non_negative_number());
     distill_cmd->add_option("--answer-weight", o.answer_weight,
                             "Weight of the squared error of the scores of the teacher's top answers")
-        ->capture_default_str()->check(CLI::NonNegativeNumber);
+        ->capture_default_str()->check(non_negative_number());
     distill_cmd->add_option("--answer-top-k", o.answer_top_k, "How many of the teacher's top answers that term scores")
-        ->capture_default_str()->check(CLI::PositiveNumber);
+        ->capture_default_str()->check(positive_number());
     distill_cmd->add_flag("--keys-only", o.keys_only,
                           "Train only the learned keys and values; the projections keep the teacher init "
                           "(less to overfit when the questions cover few clusters)");
@@ -1237,7 +1299,7 @@ int main(int argc, char** argv) {
                             "Teacher init: scale of the attention output against the query in the residual "
                             "(large: start as the compressed teacher; small: start near the query). 0 chooses "
                             "it by validation loss")
-        ->capture_default_str()->check(CLI::NonNegativeNumber);
+        ->capture_default_str()->check(non_negative_number());
     distill_cmd->add_option("--samples", o.data.samples, "Generated training inputs (besides the questions)")
         ->capture_default_str();
     distill_cmd->add_option("--sources", df.sources,
@@ -1245,15 +1307,15 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     distill_cmd->add_option("--validation-fraction", o.data.validation_fraction,
                             "Share of each cluster's questions held out for early stopping")
-        ->capture_default_str()->check(CLI::Range(0.0, 0.9));
+        ->capture_default_str()->check(number_in(0.0, 0.9));
     distill_cmd->add_option("--max-validation-questions", o.data.max_validation_questions,
                             "At most this many held-out questions (each validated with 3 perturbed copies every epoch); "
                             "the rest of those drawn train")
-        ->capture_default_str()->check(CLI::PositiveNumber);
+        ->capture_default_str()->check(positive_number());
     distill_cmd->add_option("--noise", o.data.noise, "Largest noise level for perturbed inputs")
-        ->capture_default_str()->check(CLI::NonNegativeNumber);
+        ->capture_default_str()->check(non_negative_number());
     distill_cmd->add_option("--seed", o.seed, "Seed for data, init and shuffling")->capture_default_str();
-    distill_cmd->add_option("--threads", o.threads, "Training threads (default: all cores)")->check(CLI::NonNegativeNumber);
+    distill_cmd->add_option("--threads", o.threads, "Training threads (default: all cores)")->check(non_negative_number());
     distill_cmd->add_flag("--json", df.as_json, "Print one JSON object with the training history");
     distill_cmd->add_flag("--quiet,-q", df.quiet, "No progress output");
     distill_cmd->footer("The student is stored with the projection (replacing an earlier one) and used by\n"
@@ -1281,14 +1343,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   query_cmd->add_option("--reject-below", qf.reject_below,
                         "Out-of-scope rejection: no answer when the query's confidence (largest cosine to a "
-                        "head's centroid; to a training question for question-routing) is below this");
-  query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(CLI::PositiveNumber);
-  query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(CLI::PositiveNumber);
+                        "head's centroid; to a training question for question-routing) is below this")
+      ->check(finite_number());
+  query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(positive_number());
+  query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(positive_number());
   query_cmd->add_option("--projection", qf.projection, "Projection name (default: the active one)");
   query_cmd->add_flag("--show-routing", qf.show_routing, "Show the heaviest heads as bars");
   query_cmd->add_option("--routing-top", qf.routing_top, "Heads shown with --show-routing")->capture_default_str();
   query_cmd->add_flag("--json", qf.as_json, "One JSON object per query");
-  query_cmd->add_option("text", query_texts, "Query texts")->required();
+  query_cmd->add_option("text", query_texts,
+                        "Query texts; none or \"-\": one question per line of standard input");
 
   ValidateFlags vf;
   auto* validate_cmd = app.add_subcommand(
@@ -1301,7 +1365,7 @@ int main(int argc, char** argv) {
                            "{\"query\",\"cluster\"} / {\"query\",\"out_of_scope\":true}")
       ->required()->check(CLI::ExistingFile);
   validate_cmd->add_option("--temperature", vf.temperature, "Temperature for multi-head and sparse-teacher (default: the projection's)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   validate_cmd->add_option("--sweep-temperature", vf.sweep, "multi-head at each of these temperatures, e.g. 0.01,0.05,0.1,0.5,1");
   validate_cmd->add_option("--sweep-route-k", vf.sweep_route_k, "sparse-teacher with each of these --route-k, e.g. 2,4,8,64");
   validate_cmd->add_option("--sweep-question-temperature", vf.sweep_question,
@@ -1341,34 +1405,57 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--db", serve_db, "SQLite database file with a trained projection")->required();
   serve_cmd->add_option("--host", serve_options.host, "Address to listen on (loopback by default)")->capture_default_str();
   serve_cmd->add_option("--port", serve_options.port, "TCP port; 0 picks a free one")->capture_default_str()
-      ->check(CLI::Range(0, 65535));
+      ->check(number_in(0, 65535));
   serve_cmd->add_option("--threads", serve_options.threads, "Request worker threads (default: cores, at least 4)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   serve_cmd->add_option("--api-key", serve_options.api_key,
                         "Require \"Authorization: Bearer KEY\" on /v1/* and /metrics (default: $LDAPROJ_API_KEY)");
   serve_cmd->add_option("--projection", serve_options.projection, "Projection name (default: the active one)");
   serve_cmd->add_option("--model", serve_model,
                         "Model directory (default: $LDAPROJ_MODEL, else the bundled all-MiniLM-L6-v2)");
   serve_cmd->add_option("--max-tokens", serve_options.max_tokens, "Encoder truncation in tokens")
-      ->capture_default_str()->check(CLI::Range(2, 512));
+      ->capture_default_str()->check(number_in(2, 512));
   std::string serve_encoder_precision = "fp32";
   serve_cmd->add_option("--encoder-precision", serve_encoder_precision,
                         "Encoder weights: fp32, bf16 or int8 (see `ldaproj encode --help`)")
       ->capture_default_str()->check(CLI::IsMember({"fp32", "bf16", "int8"}));
   serve_cmd->add_option("--max-body-bytes", serve_options.max_body_bytes, "Largest request body")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(positive_number());
   serve_cmd->add_option("--max-batch", serve_options.max_batch, "Most texts or embeddings per request")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(positive_number());
   serve_cmd->add_option("--max-text-bytes", serve_options.max_text_bytes, "Longest text, in UTF-8 bytes")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  serve_cmd->add_option("--timeout", serve_options.timeout_seconds, "Seconds to read a request or write a response")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(positive_number());
+  serve_cmd->add_option("--timeout", serve_options.timeout_seconds,
+                        "Seconds a client has to send a whole request (headers and body) and to read the reply; "
+                        "slower clients get 408 and are disconnected")
+      ->capture_default_str()->check(positive_number());
+  serve_cmd->add_option("--keep-alive", serve_options.keep_alive_seconds,
+                        "Seconds an idle keep-alive connection waits for its next request")
+      ->capture_default_str()->check(positive_number());
+  serve_cmd->add_option("--max-connections", serve_options.max_connections,
+                        "Open connections at once; more are answered 503 and closed")
+      ->capture_default_str()->check(positive_number());
+  serve_cmd->add_option("--max-requests-per-connection", serve_options.max_requests_per_connection,
+                        "Requests on one keep-alive connection before the server closes it")
+      ->capture_default_str()->check(positive_number());
+  serve_cmd->add_option("--allowed-host", serve_options.allowed_hosts,
+                        "A Host name clients may use besides localhost, 127.0.0.1, ::1 and --host (repeatable; "
+                        "\".example.com\" for a domain and its subdomains, \"*\" for any); other names get 400, "
+                        "which stops DNS-rebinding pages from reaching a loopback server");
+  serve_cmd->add_option("--allowed-origin", serve_options.allowed_origins,
+                        "A web origin (e.g. https://app.example.com) whose pages may POST to the API (repeatable; "
+                        "\"*\" for any); the server's own page always may, other browser POSTs get 403");
+  float serve_reject_below = 0.0f;
+  auto* serve_reject = serve_cmd->add_option("--reject-below", serve_reject_below,
+                                             "Default out-of-scope threshold for /v1/search requests without "
+                                             "reject_below (see `query --help`)")
+      ->check(finite_number());
   serve_cmd->add_option("--blend-questions", serve_options.blend_questions,
                         "multi-head: default of the request field blend_questions (see `query --help`)")
-      ->capture_default_str()->check(CLI::Range(0.0, 0.999));
+      ->capture_default_str()->check(number_in(0.0, 0.999));
   serve_cmd->add_option("--blend-direct", serve_options.blend_direct,
                         "multi-head: default of the request field blend_direct (see `query --help`)")
-      ->capture_default_str()->check(CLI::Range(0.0, 0.999));
+      ->capture_default_str()->check(number_in(0.0, 0.999));
   serve_cmd->add_flag("--log", serve_log, "Print one line per request to standard error");
   serve_cmd->footer(
       "Endpoints: POST /v1/search, /v1/project, /v1/embed, /v1/reload; GET /v1/clusters, /v1/info,\n"
@@ -1416,6 +1503,7 @@ int main(int argc, char** argv) {
       serve_options.db = serve_db;
       serve_options.model_dir = serve_model;
       serve_options.encoder_precision = ldaproj::parse_precision(serve_encoder_precision);
+      if (serve_reject->count() > 0) serve_options.reject_below = serve_reject_below;
       return run_serve(serve_options, serve_log);
     }
     if (*synth.command) return synth.run();

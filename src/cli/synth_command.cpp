@@ -4,18 +4,19 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/scale_commands.hpp"
+#include "cli/validators.hpp"
 
 namespace ldaproj::cli {
 
 void SynthCommand::add_to(CLI::App& app) {
   command = app.add_subcommand(
       "synth", "Write a new store of synthetic clusters (embeddings, placeholder texts) to study scale");
-  command->add_option("--clusters", spec.clusters, "Number of clusters (heads)")->required()->check(CLI::PositiveNumber);
+  command->add_option("--clusters", spec.clusters, "Number of clusters (heads)")->required()->check(positive_number());
   command->add_option("--questions-per-cluster", spec.questions_per_cluster, "Question embeddings per cluster")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--domains", spec.domains, "Domains the clusters fall into (default: about sqrt(clusters))");
-  command->add_option("--dim", spec.dim, "Embedding dimension")->capture_default_str()->check(CLI::Range(2, 4096));
+  command->add_option("--dim", spec.dim, "Embedding dimension")->capture_default_str()->check(number_in(2, 4096));
   command->add_option("--seed", spec.seed, "Random seed (the same seed gives the same data)")->capture_default_str();
   command->add_option("--out", out, "New database file to create (must not exist)")->required();
   command->add_flag("--json", as_json, "Print the similarity statistics as JSON");

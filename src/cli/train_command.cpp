@@ -9,6 +9,7 @@
 #include <set>
 
 #include "cli/command_support.hpp"
+#include "cli/validators.hpp"
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/eval.hpp"
 #include "ldaproj/store.hpp"
@@ -74,7 +75,7 @@ void TrainCommand::add_to(CLI::App& app) {
   command->add_option("--db", db, "SQLite database file")->required();
   command->add_option("--temperature", temperature,
                       "Routing softmax temperature (default: chosen on held-out questions)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--learn-keys", key_epochs,
                       "Epochs of discriminative key learning after the centroids (cross-entropy of the routing "
                       "softmax on the training questions; 0: centroid keys; default: chosen on held-out questions)");
@@ -98,27 +99,27 @@ void TrainCommand::add_to(CLI::App& app) {
   command->add_option("--embedding-model", embedding_model, "Embedding model name when the store holds several");
   command->add_option("--key-lr", options.key_lr, "Adam learning rate of the key learning")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--key-candidates", options.key_candidates,
                       "Beyond 1,024 keys, each question's softmax runs over its own head and this many nearest "
                       "competing keys (memory and time grow with it)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--keys-per-head", options.keys_per_head,
                       "Keys per head: > 1 starts that many sub-keys per head by k-means over its questions "
                       "(learned with --learn-keys); a head's routing score is the log-sum-exp of its keys'")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_flag("--query-adapter", options.query_adapter,
                     "Also learn a query adapter W (d x d, from zero) with the keys; the teacher then routes "
                     "normalise(q + W q)");
   command->add_option("--adapter-lr", options.adapter_lr, "Adam learning rate of --query-adapter")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   command->add_option("--adapter-decay", options.adapter_decay, "Weight decay of --query-adapter")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  command->add_option("--threads", options.threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
+  command->add_option("--threads", options.threads, "Threads (default: all cores)")->check(non_negative_number());
   command->add_flag("--json", as_json, "Print one JSON object: the projection, its settings and the tuning");
   command->add_flag("--quiet,-q", quiet, "No progress lines on stderr");
   command->footer(

@@ -1,6 +1,8 @@
 // Reading and checking API request bodies.
 #include "serve/api.hpp"
 
+#include "common/strict_json.hpp"
+
 #include <cmath>
 #include <limits>
 #include <string>
@@ -88,7 +90,12 @@ json parse_object(const std::string& body) {
   }
   json parsed;
   try {
-    parsed = json::parse(body);
+    parsed = parse_json_strict(body);
+  } catch (const DuplicateJsonKey& e) {
+    // Two values for one field: which one a proxy or another reader would
+    // take is anyone's guess, so neither is.
+    throw ApiError(400, "invalid_json", "the request body repeats the field \"" + e.key + "\" (at byte " +
+                                            std::to_string(e.offset) + "); send each field once");
   } catch (const json::exception& e) {
     // parse_error, or out_of_range for a number beyond a double (1e999).
     throw ApiError(400, "invalid_json", std::string("the request body is not valid JSON: ") + e.what());

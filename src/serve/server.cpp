@@ -11,12 +11,11 @@
 // runs single-threaded BLAS so concurrent requests spread over the cores.
 #include "ldaproj/server.hpp"
 
-#include <httplib.h>
-
 #include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <condition_variable>
 #include <cstdio>
@@ -32,6 +31,9 @@
 #include "ldaproj/search.hpp"
 #include "ldaproj/store.hpp"
 #include "serve/api.hpp"
+#include "serve/http_listener.hpp"
+#include "serve/http_message.hpp"
+#include "serve/request_policy.hpp"
 #include "serve/metrics.hpp"
 #include "serve/web_assets.hpp"
 
@@ -40,6 +42,9 @@ namespace ldaproj {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using serve::ApiError;
+using serve::HttpRequest;
+using serve::HttpResponse;
+using serve::equals_ignoring_case;
 
 namespace {
 
@@ -106,6 +111,7 @@ struct LoadedModel {
   std::unordered_map<std::string, std::string> display_names;  // cluster id -> name
   std::string centroid_method, created_at;
   json training_metrics = json::object();  // what `train` stored with the projection
+  Staleness staleness;                     // what the store has that this model does not serve
   double loaded_at = 0.0;
 
   // One thread per request: parallelism comes from concurrent requests, and
@@ -162,18 +168,9 @@ json routing_json(const std::vector<RoutingEntry>& routing, const LoadedModel& m
   return out;
 }
 
-// The endpoints with fixed paths; anything else is counted as "other".
-const std::map<std::string, std::string>& known_endpoints() {
-  static const std::map<std::string, std::string> endpoints = {
-      {"/v1/search", "POST"}, {"/v1/project", "POST"}, {"/v1/embed", "POST"},
-      {"/v1/reload", "POST"}, {"/v1/clusters", "GET"}, {"/v1/info", "GET"},
-      {"/healthz", "GET"},    {"/metrics", "GET"}};
-  return endpoints;
-}
-
 }  // namespace
 
-struct Server::Impl {
+struct Server::Impl final : serve::HttpHandler {
   ServerOptions options;
   serve::Limits limits;
   Encoder encoder;
@@ -184,10 +181,10 @@ struct Server::Impl {
   std::mutex log_mutex;
   double started_at = unix_seconds();
 
-  httplib::Server http;
+  std::vector<std::string> allowed_hosts;
+  std::unique_ptr<serve::HttpListener> listener;  // last: stopped before the rest goes
   std::mutex lifecycle_mutex;
   std::condition_variable stopped_cv;
-  std::thread listener;
   bool started = false, stopped = false;
   int port = 0;
 
@@ -258,12 +255,14 @@ struct Server::Impl {
       const json stored = json::parse(projection->metrics_json, nullptr, false);
       if (stored.is_object()) m->training_metrics = stored;
     }
+    m->staleness = m->store.staleness(info.projection);
+    info.warnings = describe_staleness(m->staleness, options.db.string());
     m->loaded_at = unix_seconds();
     return m;
   }
 
   // ------------------------------------------------------------ plumbing
-  void log(const httplib::Request& req, int status, double seconds) {
+  void log(const HttpRequest& req, int status, double seconds) {
     if (!options.access_log) return;
     char ms[32];
     std::snprintf(ms, sizeof ms, "%.2f", seconds * 1000.0);
@@ -271,129 +270,136 @@ struct Server::Impl {
     options.access_log(req.method + " " + req.path + " " + std::to_string(status) + " " + ms + " ms");
   }
 
-  void check_key(const httplib::Request& req) const {
+  void check_key(const HttpRequest& req) const {
     if (options.api_key.empty()) return;
-    const std::string header = req.get_header_value("Authorization");
-    constexpr std::string_view scheme = "Bearer ";
-    if (header.size() < scheme.size() || header.compare(0, scheme.size(), scheme) != 0) {
+    const std::optional<std::string_view> token = serve::bearer_token(req.header("Authorization"));
+    if (!token) {
       throw ApiError(401, "unauthorized",
                      "this server needs an API key: send the header \"Authorization: Bearer KEY\"");
     }
-    if (!same_secret(std::string_view(header).substr(scheme.size()), options.api_key)) {
-      throw ApiError(401, "unauthorized", "the API key is wrong");
-    }
+    if (!same_secret(*token, options.api_key)) throw ApiError(401, "unauthorized", "the API key is wrong");
   }
 
-  static void reply(httplib::Response& res, const json& body, int status = 200) {
+  static void reply(HttpResponse& res, const json& body, int status = 200) {
     res.status = status;
-    res.set_content(dump(body), "application/json");
+    res.content_type = "application/json";
+    res.body = dump(body);
   }
 
-  static void reply_error(httplib::Response& res, int status, const std::string& code,
-                          const std::string& message) {
+  static HttpResponse error_response(int status, const std::string& code, const std::string& message) {
+    HttpResponse res;
     res.status = status;
     if (status == 401) res.set_header("WWW-Authenticate", "Bearer");
-    res.set_content(serve::error_body(code, message), "application/json");
+    res.body = serve::error_body(code, message);
+    return res;
   }
 
-  using Handler = std::function<void(const httplib::Request&, httplib::Response&, RequestContext&)>;
+  using Handler = std::function<void(const HttpRequest&, HttpResponse&, RequestContext&)>;
 
-  // Every route goes through here: body read under the size limit, key
-  // check, any failure turned into a JSON error with its status, and the
-  // request counted and timed.
-  void handle(const std::string& endpoint, bool needs_key, const Handler& handler, const httplib::Request& req,
-              httplib::Response& res, const httplib::ContentReader* body_reader) {
+  struct Route {
+    std::string path, method, endpoint;  // endpoint: the metrics label
+    bool needs_key = true;
+    bool quick = false;  // answered on the I/O thread, even when every worker is busy
+    Handler run;
+  };
+  std::vector<Route> routes;
+
+  const Route* find_route(const std::string& path) const {
+    for (const Route& r : routes) {
+      if (r.path == path) return &r;
+    }
+    return nullptr;
+  }
+
+  // HttpHandler, at header time: who may ask (Host, Origin, key) and whether
+  // the path and method exist, all before a byte of body is read.
+  Admission admit(const HttpRequest& head) override {
+    Admission a;
+    try {
+      if (!head.has_header("Host")) {
+        if (head.version >= 11) throw ApiError(400, "missing_host", "an HTTP/1.1 request needs a Host header");
+      } else if (!serve::host_allowed(head.header("Host"), allowed_hosts)) {
+        throw ApiError(400, "host_not_allowed",
+                       "this server does not answer to the Host \"" + std::string(head.header("Host")) +
+                           "\"; if that name is right, start the server with --allowed-host NAME");
+      }
+      const Route* route = find_route(head.path);
+      if (!route) {
+        throw ApiError(404, "not_found", "no endpoint " + head.path + "; the API is under /v1/ (see docs/API.md)");
+      }
+      if (head.method != route->method) {
+        ApiError e(405, "method_not_allowed",
+                   head.method + " is not allowed on " + head.path + "; use " + route->method);
+        HttpResponse res = error_response(e.status(), e.code(), e.what());
+        res.set_header("Allow", route->method);
+        record_refusal(head, route->endpoint, res);
+        a.refusal = std::move(res);
+        return a;
+      }
+      if (head.method != "GET") {
+        // A page on another site can make a browser POST here (a "simple"
+        // text/plain request needs no preflight); it must not reload models
+        // or spend our CPU. Our own page is same-origin.
+        const std::string_view origin = head.header("Origin");
+        const bool cross_site = equals_ignoring_case(head.header("Sec-Fetch-Site"), "cross-site");
+        if (!serve::origin_allowed(origin, head.header("Host"), options.allowed_origins) ||
+            (origin.empty() && cross_site)) {
+          throw ApiError(403, "cross_origin",
+                         "requests from the web page at " + (origin.empty() ? std::string("another site") : std::string(origin)) +
+                             " are not allowed; start the server with --allowed-origin ORIGIN to allow that page");
+        }
+      }
+      if (route->needs_key) check_key(head);
+      a.where = route->quick ? Where::IoThread : Where::Worker;
+    } catch (const ApiError& e) {
+      HttpResponse res = error_response(e.status(), e.code(), e.what());
+      const Route* route = find_route(head.path);
+      record_refusal(head, route ? route->endpoint : "other", res);
+      a.refusal = std::move(res);
+    }
+    return a;
+  }
+
+  void record_refusal(const HttpRequest& head, const std::string& endpoint, const HttpResponse& res) {
+    metrics.observe(endpoint, "none", res.status, -1.0);
+    log(head, res.status, 0.0);
+  }
+
+  void on_transport_reply(const HttpRequest* head, const HttpResponse& res) override {
+    const Route* route = head ? find_route(head->path) : nullptr;
+    metrics.observe(route ? route->endpoint : "other", "none", res.status, -1.0);
+    if (head) log(*head, res.status, 0.0);
+  }
+
+  // HttpHandler: runs an admitted request. Any failure becomes a JSON error
+  // with its status; the request is counted and timed.
+  HttpResponse handle(HttpRequest& req) override {
     const auto start = std::chrono::steady_clock::now();
     ++in_flight;
+    const Route* route = find_route(req.path);
     RequestContext ctx;
-    res.status = 200;
+    ctx.body = std::move(req.body);
+    HttpResponse res;
     try {
-      // Without a length or chunked encoding a request has no body (RFC 9112).
-      const bool has_body = req.has_header("Content-Length") ||
-                            req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
-      if (body_reader && has_body) read_body(*body_reader, res, ctx.body);
-      if (needs_key) check_key(req);
-      handler(req, res, ctx);
+      if (!route) throw ApiError(404, "not_found", "no endpoint " + req.path);
+      route->run(req, res, ctx);
     } catch (const ApiError& e) {
-      reply_error(res, e.status(), e.code(), e.what());
+      res = error_response(e.status(), e.code(), e.what());
     } catch (const InputError& e) {
-      reply_error(res, 422, "invalid_value", e.what());
+      res = error_response(422, "invalid_value", e.what());
     } catch (const std::bad_alloc&) {
-      reply_error(res, 500, "out_of_memory", "the server ran out of memory answering this request");
+      res = error_response(500, "out_of_memory", "the server ran out of memory answering this request");
     } catch (const std::exception& e) {
-      reply_error(res, 500, "internal", e.what());
+      res = error_response(500, "internal", e.what());
     } catch (...) {
-      reply_error(res, 500, "internal", "unexpected failure");
+      res = error_response(500, "internal", "unexpected failure");
     }
     --in_flight;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    metrics.observe(endpoint, ctx.method_label, res.status, seconds, res.status == 200 ? ctx.queries : 0);
+    metrics.observe(route ? route->endpoint : "other", ctx.method_label, res.status, seconds,
+                    res.status == 200 ? ctx.queries : 0);
     log(req, res.status, seconds);
-  }
-
-  // POST bodies are read here rather than by httplib, which would parse
-  // (and cap at 8 KiB) any body sent as application/x-www-form-urlencoded,
-  // curl's default for -d.
-  void read_body(const httplib::ContentReader& reader, httplib::Response& res, std::string& body) const {
-    bool too_large = false;
-    const bool complete = reader([&](const char* data, std::size_t n) {
-      if (body.size() + n > options.max_body_bytes) {
-        too_large = true;
-        return false;
-      }
-      body.append(data, n);
-      return true;
-    });
-    if (too_large || res.status == 413) {
-      throw ApiError(413, "body_too_large", "the request body is larger than the limit of " +
-                                                std::to_string(options.max_body_bytes) + " bytes");
-    }
-    if (!complete) throw ApiError(400, "bad_request", "the request body could not be read completely");
-  }
-
-  httplib::Server::Handler get_route(const std::string& endpoint, bool needs_key, Handler handler) {
-    return [this, endpoint, needs_key, handler = std::move(handler)](const httplib::Request& req,
-                                                                      httplib::Response& res) {
-      handle(endpoint, needs_key, handler, req, res, nullptr);
-    };
-  }
-
-  httplib::Server::HandlerWithContentReader post_route(const std::string& endpoint, Handler handler) {
-    return [this, endpoint, handler = std::move(handler)](const httplib::Request& req, httplib::Response& res,
-                                                           const httplib::ContentReader& reader) {
-      handle(endpoint, true, handler, req, res, &reader);
-    };
-  }
-
-  // Errors httplib produces itself (no route, body over the limit, malformed
-  // request) get the same JSON shape as ours.
-  void on_http_error(const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;  // already one of our JSON errors
-    int status = res.status;
-    std::string code = "http_error", message = "the request failed with HTTP status " + std::to_string(status);
-    const auto known = known_endpoints().find(req.path);
-    if (status == 404 && known != known_endpoints().end()) {
-      status = 405;
-      code = "method_not_allowed";
-      message = req.method + " is not allowed on " + req.path + "; use " + known->second;
-      res.set_header("Allow", known->second);
-    } else if (status == 404) {
-      code = "not_found";
-      message = "no endpoint " + req.path + "; the API is under /v1/ (see docs/API.md)";
-    } else if (status == 413) {
-      code = "body_too_large";
-      message = "the request body is larger than the limit of " + std::to_string(options.max_body_bytes) +
-                " bytes";
-    } else if (status == 400) {
-      code = "bad_request";
-      message = "the HTTP request is malformed (a POST needs a Content-Length, possibly 0, or a chunked body)";
-    } else if (status == 414) {
-      code = "uri_too_long";
-      message = "the request path is too long";
-    }
-    reply_error(res, status, code, message);
-    metrics.observe(known != known_endpoints().end() ? req.path : "other", "none", status, -1.0);
-    log(req, status, 0.0);
+    return res;
   }
 
   // ------------------------------------------------------------ handlers
@@ -474,10 +480,10 @@ struct Server::Impl {
     return encoder.encode(in.texts);
   }
 
-  void search(httplib::Response& res, RequestContext& ctx) {
+  void search(HttpResponse& res, RequestContext& ctx) {
     const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "top_k",
-                                        "temperature", "include_routing", "routing_top", "reject_below",
+                                        "temperature", "include_routing", "routing_top", "reject_below", "include_confidence",
                                         "blend_questions", "blend_direct"});
     const auto m = snapshot();
     const MethodInfo& method = pick_method(body, *m, ctx);
@@ -487,6 +493,10 @@ struct Server::Impl {
     o.top_k = serve::read_count(body, "top_k", 5, 1, limits.max_top_k);
     set_temperature(o, serve::read_temperature(body));
     o.reject_below = serve::read_number(body, "reject_below");
+    if (!o.reject_below && !body.contains("reject_below")) o.reject_below = options.reject_below;
+    // Confidence costs a pass over the training questions, so a request
+    // pays for it only when it asks or rejects.
+    o.include_confidence = serve::read_flag(body, "include_confidence", false);
     const BlendsShown blends = set_blends(o, body);
     const bool routing = serve::read_flag(body, "include_routing", false);
     const std::size_t routing_top = serve::read_count(body, "routing_top", 8, 1, 100000);
@@ -500,10 +510,8 @@ struct Server::Impl {
     echo_blends(out, o, blends);
     auto one = [&](std::size_t i) {
       json r{{"answers", answers_json(results[i].answers, *m)}};
-      if (o.reject_below) {
-        r["confidence"] = tidy(results[i].confidence);
-        r["rejected"] = results[i].rejected;
-      }
+      if (o.reject_below || o.include_confidence) r["confidence"] = tidy(results[i].confidence);
+      if (o.reject_below) r["rejected"] = results[i].rejected;
       if (in.from_text()) r["query"] = in.texts[i];
       if (routing && method.routing) r["routing"] = routing_json(results[i].routing, *m);
       return r;
@@ -517,7 +525,7 @@ struct Server::Impl {
     reply(res, out);
   }
 
-  void project(httplib::Response& res, RequestContext& ctx) {
+  void project(HttpResponse& res, RequestContext& ctx) {
     const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts", "embedding", "embeddings", "method", "temperature",
                                         "routing_top", "blend_questions", "blend_direct"});
@@ -552,7 +560,7 @@ struct Server::Impl {
     reply(res, out);
   }
 
-  void embed(httplib::Response& res, RequestContext& ctx) {
+  void embed(HttpResponse& res, RequestContext& ctx) {
     const json body = serve::parse_object(ctx.body);
     serve::reject_unknown_fields(body, {"text", "texts"});
     serve::QueryInput in = serve::read_query_input(body, limits, encoder.dim(), false);
@@ -588,6 +596,12 @@ struct Server::Impl {
             {"blend_questions", tidy(options.blend_questions)},
             {"blend_direct", tidy(options.blend_direct)},
             {"generation", m.info.generation},
+            {"staleness",
+             {{"questions_without_embedding", m.staleness.questions_without_embedding},
+              {"answers_without_embedding", m.staleness.answers_without_embedding},
+              {"clusters_without_head", m.staleness.clusters_without_head},
+              {"clusters_changed", m.staleness.clusters_changed}}},
+            {"warnings", m.info.warnings},
             {"loaded_at", m.loaded_at},
             {"version", LDAPROJ_VERSION},
             {"limits",
@@ -597,7 +611,7 @@ struct Server::Impl {
               {"max_top_k", limits.max_top_k}}}};
   }
 
-  void clusters(const httplib::Request&, httplib::Response& res, RequestContext&) {
+  void clusters(const HttpRequest&, HttpResponse& res, RequestContext&) {
     const auto m = snapshot();
     json list = json::array();
     for (const ClusterInfo& c : m->clusters) {
@@ -607,7 +621,7 @@ struct Server::Impl {
     reply(res, {{"projection", m->info.projection}, {"model", m->info.model}, {"clusters", list}});
   }
 
-  void reload_endpoint(Server& owner, httplib::Response& res, const RequestContext& ctx) {
+  void reload_endpoint(Server& owner, HttpResponse& res, const RequestContext& ctx) {
     // The body may be empty; when given it must be an empty object.
     if (ctx.body.find_first_not_of(" \t\r\n") != std::string::npos) {
       serve::reject_unknown_fields(serve::parse_object(ctx.body), {});
@@ -645,6 +659,22 @@ struct Server::Impl {
     out += "# HELP ldaproj_http_requests_in_flight Requests being handled now.\n"
            "# TYPE ldaproj_http_requests_in_flight gauge\n"
            "ldaproj_http_requests_in_flight " + std::to_string(in_flight.load()) + "\n";
+    if (listener) {
+      const serve::HttpListenerStats t = listener->stats();
+      out += "# HELP ldaproj_http_connections_open Client connections open now.\n"
+             "# TYPE ldaproj_http_connections_open gauge\n"
+             "ldaproj_http_connections_open " + std::to_string(t.connections_open) + "\n";
+      out += "# HELP ldaproj_http_connections_total Connections accepted, and refused over --max-connections.\n"
+             "# TYPE ldaproj_http_connections_total counter\n"
+             "ldaproj_http_connections_total{result=\"accepted\"} " + std::to_string(t.connections_accepted) + "\n"
+             "ldaproj_http_connections_total{result=\"refused\"} " + std::to_string(t.connections_refused) + "\n";
+      out += "# HELP ldaproj_http_request_timeouts_total Requests not received in full by their deadline.\n"
+             "# TYPE ldaproj_http_request_timeouts_total counter\n"
+             "ldaproj_http_request_timeouts_total " + std::to_string(t.request_timeouts) + "\n";
+      out += "# HELP ldaproj_http_busy_refusals_total Complete requests refused with 503 because the queue was full.\n"
+             "# TYPE ldaproj_http_busy_refusals_total counter\n"
+             "ldaproj_http_busy_refusals_total " + std::to_string(t.busy_refusals) + "\n";
+    }
     out += "# HELP ldaproj_start_time_seconds When the server started.\n"
            "# TYPE ldaproj_start_time_seconds gauge\n"
            "ldaproj_start_time_seconds " + number(started_at) + "\n";
@@ -655,31 +685,38 @@ struct Server::Impl {
   }
 
   void register_routes(Server& owner) {
-    http.Post("/v1/search", post_route("/v1/search", [this](auto&, auto& res, auto& ctx) { search(res, ctx); }));
-    http.Post("/v1/project", post_route("/v1/project", [this](auto&, auto& res, auto& ctx) { project(res, ctx); }));
-    http.Post("/v1/embed", post_route("/v1/embed", [this](auto&, auto& res, auto& ctx) { embed(res, ctx); }));
-    http.Post("/v1/reload", post_route("/v1/reload", [this, &owner](auto&, auto& res, auto& ctx) {
-      reload_endpoint(owner, res, ctx);
-    }));
-    http.Get("/v1/clusters", get_route("/v1/clusters", true, [this](auto& req, auto& res, auto& ctx) { clusters(req, res, ctx); }));
-    http.Get("/v1/info", get_route("/v1/info", true, [this](auto&, auto& res, auto&) { reply(res, info_json(*snapshot())); }));
-    http.Get("/healthz", get_route("/healthz", false, [this](auto&, auto& res, auto&) {
+    auto add = [this](std::string path, std::string method, std::string endpoint, bool needs_key, bool quick,
+                      Handler run) {
+      routes.push_back({std::move(path), std::move(method), std::move(endpoint), needs_key, quick, std::move(run)});
+    };
+    add("/v1/search", "POST", "/v1/search", true, false, [this](auto&, auto& res, auto& ctx) { search(res, ctx); });
+    add("/v1/project", "POST", "/v1/project", true, false, [this](auto&, auto& res, auto& ctx) { project(res, ctx); });
+    add("/v1/embed", "POST", "/v1/embed", true, false, [this](auto&, auto& res, auto& ctx) { embed(res, ctx); });
+    add("/v1/reload", "POST", "/v1/reload", true, false,
+        [this, &owner](auto&, auto& res, auto& ctx) { reload_endpoint(owner, res, ctx); });
+    add("/v1/clusters", "GET", "/v1/clusters", true, false,
+        [this](auto& req, auto& res, auto& ctx) { clusters(req, res, ctx); });
+    add("/v1/info", "GET", "/v1/info", true, true, [this](auto&, auto& res, auto&) { reply(res, info_json(*snapshot())); });
+    add("/healthz", "GET", "/healthz", false, true, [this](auto&, auto& res, auto&) {
       reply(res, {{"status", "ok"}, {"generation", snapshot()->info.generation}});
-    }));
-    http.Get("/metrics", get_route("/metrics", true, [this](auto&, auto& res, auto&) {
-      res.set_content(metrics.render(model_metrics()), "text/plain; version=0.0.4; charset=utf-8");
-    }));
-    http.Get("/", get_route("static", false, [](auto& req, auto& res, auto&) { serve_asset(req, res); }));
+    });
+    add("/metrics", "GET", "/metrics", true, true, [this](auto&, auto& res, auto&) {
+      res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      res.body = metrics.render(model_metrics());
+    });
+    add("/", "GET", "static", false, true, [](auto& req, auto& res, auto&) { serve_asset(req, res); });
     const serve::WebAssetList assets = serve::web_assets();
     for (const serve::WebAsset* a = assets.begin; a != assets.end; ++a) {
-      http.Get(std::string(a->path), get_route("static", false, [](auto& req, auto& res, auto&) { serve_asset(req, res); }));
+      add(std::string(a->path), "GET", "static", false, true,
+          [](auto& req, auto& res, auto&) { serve_asset(req, res); });
     }
   }
 
-  static void serve_asset(const httplib::Request& req, httplib::Response& res) {
+  static void serve_asset(const HttpRequest& req, HttpResponse& res) {
     const serve::WebAsset* asset = serve::find_web_asset(req.path);
     if (!asset) throw ApiError(404, "not_found", "no page " + req.path);
-    res.set_content(std::string(asset->body), std::string(asset->content_type));
+    res.body = std::string(asset->body);
+    res.content_type = std::string(asset->content_type);
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Content-Type-Options", "nosniff");
     // The page needs nothing but this server.
@@ -690,14 +727,19 @@ struct Server::Impl {
 
 Server::Server(ServerOptions options) {
   if (options.max_batch == 0 || options.max_text_bytes == 0 || options.max_top_k == 0 ||
-      options.max_body_bytes == 0 || options.timeout_seconds <= 0) {
-    throw InputError("server limits (batch, text bytes, top-k, body bytes, timeout) must be positive");
+      options.max_body_bytes == 0 || options.timeout_seconds <= 0 || options.keep_alive_seconds <= 0 ||
+      options.max_connections == 0 || options.max_requests_per_connection == 0) {
+    throw InputError("server limits (batch, text bytes, top-k, body bytes, timeout, keep-alive, connections, "
+                     "requests per connection) must be positive");
   }
   for (const auto& [flag, blend] : {std::pair{"--blend-questions", options.blend_questions},
                                     std::pair{"--blend-direct", options.blend_direct}}) {
     if (!(blend >= 0.0f && blend < 1.0f)) {
       throw InputError(std::string(flag) + " must be at least 0 and less than 1, got " + std::to_string(blend));
     }
+  }
+  if (options.reject_below && !std::isfinite(*options.reject_below)) {
+    throw InputError("--reject-below must be a finite number");
   }
   EncoderOptions encoder_options;
   encoder_options.max_tokens = options.max_tokens;
@@ -710,49 +752,38 @@ Server::Server(ServerOptions options) {
   impl_->model.store(impl_->load_model(1));
 
   Impl& s = *impl_;
-  const int threads = s.options.threads > 0
-                          ? s.options.threads
-                          : std::max(4, static_cast<int>(std::thread::hardware_concurrency()));
-  s.http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
-  s.http.set_payload_max_length(s.options.max_body_bytes);
-  s.http.set_read_timeout(s.options.timeout_seconds, 0);
-  s.http.set_write_timeout(s.options.timeout_seconds, 0);
-  s.http.set_keep_alive_timeout(5);
-  s.http.set_keep_alive_max_count(10000);
-  s.http.set_tcp_nodelay(true);
-  s.http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
-    impl_->on_http_error(req, res);
-  });
-  s.http.set_exception_handler([](const httplib::Request&, httplib::Response& res, const std::exception_ptr&) {
-    Impl::reply_error(res, 500, "internal", "unexpected failure");
-  });
+  s.allowed_hosts = serve::default_allowed_hosts(s.options.host);
+  for (const std::string& h : s.options.allowed_hosts) s.allowed_hosts.push_back(h);
   s.register_routes(*this);
+  serve::HttpListenerOptions http;
+  http.host = s.options.host;
+  http.port = s.options.port;
+  http.max_connections = s.options.max_connections;
+  http.max_requests_per_connection = s.options.max_requests_per_connection;
+  http.request_timeout = std::chrono::seconds(s.options.timeout_seconds);
+  http.write_timeout = std::chrono::seconds(s.options.timeout_seconds);
+  http.keep_alive_timeout = std::chrono::seconds(s.options.keep_alive_seconds);
+  http.max_body_bytes = s.options.max_body_bytes;
+  http.worker_threads = s.options.threads > 0 ? s.options.threads
+                                              : std::max(4, static_cast<int>(std::thread::hardware_concurrency()));
+  http.max_queued = std::max<std::size_t>(64, static_cast<std::size_t>(http.worker_threads) * 16);
+  s.listener = std::make_unique<serve::HttpListener>(std::move(http), s);
 }
 
 int Server::start() {
   Impl& s = *impl_;
   std::lock_guard lock(s.lifecycle_mutex);
   if (s.started) return s.port;
-  const int port = s.options.port == 0 ? s.http.bind_to_any_port(s.options.host)
-                                       : (s.http.bind_to_port(s.options.host, s.options.port) ? s.options.port : -1);
-  if (port <= 0) {
-    throw InputError("cannot listen on " + s.options.host + ":" + std::to_string(s.options.port) +
-                     ": the address is in use or not available here; choose another --port or --host");
-  }
-  s.port = port;
+  s.port = s.listener->start();
   s.started = true;
-  s.listener = std::thread([this] { impl_->http.listen_after_bind(); });
-  // stop() is only safe once httplib considers itself running.
-  while (!s.http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  return port;
+  return s.port;
 }
 
 void Server::stop() {
   Impl& s = *impl_;
   std::lock_guard lock(s.lifecycle_mutex);
   if (!s.started || s.stopped) return;
-  s.http.stop();
-  if (s.listener.joinable()) s.listener.join();
+  s.listener->stop(std::chrono::seconds(s.options.timeout_seconds));
   s.stopped = true;
   s.stopped_cv.notify_all();
 }

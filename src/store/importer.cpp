@@ -3,12 +3,22 @@
 // SHA-256 batch tracking and the one-transaction write of a file's rows.
 //
 // Decisions, in short:
-// - A batch is keyed by the file's absolute, lexically normalised path. The
-//   same content under another path is another batch (its rows are added
-//   again); the same path with new content replaces that batch's rows.
+// - A batch is keyed by the file's absolute, lexically normalised path, and
+//   content is counted once: bytes another path already imported add nothing
+//   ("already imported as ..."); the same path with new content replaces that
+//   batch's rows.
+// - A question is (cluster, text): one already in the cluster, from this file
+//   or another, is not stored again (its length is the first one's). A row
+//   belongs to the batch that stored it; if that file later drops it while
+//   another file still has it, re-importing the other file (even unchanged)
+//   stores it again.
+// - An answer is (cluster, variant): the same text from another file is
+//   counted once; other text is a conflict, refused naming both files like
+//   two answers of one variant in one file. To change an answer, edit the
+//   file that gave it and re-import that file.
 // - On an update, rows that are identical in the old and new file (same
-//   cluster, text and length/variant) keep their ids, so their embeddings
-//   survive; only added rows need `ldaproj embed` again.
+//   cluster and text, and variant for answers) keep their ids, so their
+//   embeddings survive; only added rows need `ldaproj embed` again.
 // - Original format: every cluster needs questions and an answer. JSON Lines:
 //   a cluster may get its answer (or its questions) from another file, so only
 //   a cluster that ends up with no question and no answer at all is an error.
@@ -18,10 +28,11 @@
 //   {"cluster":..., "name":..., "description":...}; such a record must name a
 //   cluster that has questions or answers (in this file or the store).
 // - JSON Lines answers without "variant" are "default"; a cluster may give
-//   each variant once per file. "length" may be any string or absent ("").
-// - Original format: query groups other than short/medium/long are imported
-//   with their group name as length type, except "novel" (held-out test
-//   queries), which is skipped entirely.
+//   each variant once per file.
+// - Question lengths are short, medium or long (JSON Lines: or absent);
+//   "novel" questions (the original project's held-out test queries) are
+//   skipped in both formats, and any other length is refused.
+// - An object that repeats a key is refused (nlohmann would keep the last).
 // - Texts are stored verbatim; blank ones are refused.
 #include <openssl/evp.h>
 
@@ -39,9 +50,11 @@
 #include <string_view>
 #include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "ldaproj/error.hpp"
+#include "common/strict_json.hpp"
 #include "ldaproj/importer.hpp"
 #include "store/sqlite.hpp"
 #include "store/store_impl.hpp"
@@ -66,6 +79,8 @@ struct ParsedQuestion {
 struct ParsedAnswer {
   std::string text;
   std::string variant;
+  std::string where;  // its record, and
+  std::string field;  // its field, for a conflict found in the store
 };
 
 struct ParsedCluster {
@@ -81,6 +96,8 @@ struct ParsedFile {
   std::vector<ParsedCluster> clusters;
   std::int64_t questions = 0;
   std::int64_t answers = 0;
+  std::int64_t held_out = 0;
+  std::int64_t duplicate_questions = 0;
 };
 
 [[noreturn]] void fail(const std::string& file, const std::string& where, const std::string& message) {
@@ -193,6 +210,10 @@ std::string read_whole_file(const fs::path& file) {
   if (fs::is_directory(file, ec)) {
     throw InputError(file.string() + ": is a directory; give a .json or .jsonl file to import");
   }
+  // A pipe (`<(...)`) is a fine source; a device such as /dev/null is not.
+  if (fs::is_character_file(file, ec) || fs::is_block_file(file, ec)) {
+    throw InputError(file.string() + ": is a device, not a file; give a .json or .jsonl file to import");
+  }
   std::ifstream in(file, std::ios::binary);
   if (!in) throw InputError("cannot read " + file.string() + ": " + std::strerror(errno));
   std::ostringstream buffer;
@@ -264,7 +285,7 @@ ParsedFile parse_original(const Json& root, const std::string& file) {
       for (const auto& [variant, text] : answers->items()) {
         const std::string field = "answers." + variant;
         if (is_blank(variant)) fail(file, where, field_error(field, "empty variant name; use \"default\""));
-        cluster.answers.push_back({required_text(text, field, file, where), variant});
+        cluster.answers.push_back({required_text(text, field, file, where), variant, where, field});
       }
     }
     if (const auto queries = entry.find("queries"); queries != entry.end() && !queries->is_null()) {
@@ -272,14 +293,26 @@ ParsedFile parse_original(const Json& root, const std::string& file) {
         fail(file, where,
              field_error("queries", expected("an object such as {\"short\": [\"...\"]}", *queries)));
       }
+      std::unordered_set<std::string> texts;
       for (const auto& [group, list] : queries->items()) {
-        if (group == kHeldOutGroup) continue;
         const std::string field = "queries." + group;
-        if (is_blank(group)) fail(file, where, field_error(field, "empty group name; use short, medium or long"));
+        if (group == kHeldOutGroup) {
+          if (list.is_array()) parsed.held_out += static_cast<std::int64_t>(list.size());
+          continue;
+        }
+        if (group.empty() || !is_known_question_length(group)) {
+          fail(file, where, field_error(field, "unknown query group " + json_quoted(group) +
+                                                   "; use short, medium or long (\"novel\" holds held-out "
+                                                   "queries, which are not imported)"));
+        }
         if (!list.is_array()) fail(file, where, field_error(field, expected("an array of strings", list)));
         for (std::size_t k = 0; k < list.size(); ++k) {
-          cluster.questions.push_back(
-              {required_text(list[k], field + "[" + std::to_string(k) + "]", file, where), group});
+          std::string text = required_text(list[k], field + "[" + std::to_string(k) + "]", file, where);
+          if (!texts.insert(text).second) {
+            ++parsed.duplicate_questions;
+            continue;
+          }
+          cluster.questions.push_back({std::move(text), group});
         }
       }
     }
@@ -308,6 +341,7 @@ ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std:
   struct SeenLines {
     std::map<std::string, std::size_t> variants;
     std::map<std::string, std::size_t> metadata;
+    std::unordered_set<std::string> questions;
   };
   std::vector<SeenLines> seen_per_cluster;
   std::size_t line_number = 0;
@@ -324,7 +358,9 @@ ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std:
     const std::string at_line = "line " + std::to_string(line_number);
     Json record;
     try {
-      record = Json::parse(line);
+      record = parse_json_strict<Json>(line);
+    } catch (const DuplicateJsonKey& error) {
+      fail(file, at_line + ", column " + std::to_string(error.offset + 1), "invalid JSON: " + std::string(error.what()));
     } catch (const Json::parse_error& error) {
       const std::size_t offset = parse_error_offset(error, line.size());
       fail(file, at_line + ", column " + std::to_string(offset + 1),
@@ -371,8 +407,19 @@ ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std:
     }
     if (has_question) {
       std::string question = required_text(record.at("question"), "question", file, where);
-      cluster.questions.push_back({std::move(question), optional_string(record, "length", file, where)});
-      ++parsed.questions;
+      std::string length = optional_string(record, "length", file, where);
+      if (length == kHeldOutGroup) {
+        ++parsed.held_out;
+      } else if (!is_known_question_length(length)) {
+        fail(file, where, field_error("length", "unknown length " + json_quoted(length) +
+                                                    "; use short, medium or long, leave it out, or \"novel\" "
+                                                    "for a held-out query (not imported)"));
+      } else if (!seen_lines.questions.insert(question).second) {
+        ++parsed.duplicate_questions;
+      } else {
+        cluster.questions.push_back({std::move(question), std::move(length)});
+        ++parsed.questions;
+      }
     } else if (has_answer) {
       std::string answer = required_text(record.at("answer"), "answer", file, where);
       std::string variant = "default";
@@ -385,7 +432,7 @@ ParsedFile parse_json_lines(std::string_view text, std::size_t start, const std:
                                                      std::to_string(previous->second) +
                                                      "; give each variant once"));
       }
-      cluster.answers.push_back({std::move(answer), std::move(variant)});
+      cluster.answers.push_back({std::move(answer), std::move(variant), where, "answer"});
       ++parsed.answers;
     } else if (!record.contains("name") && !record.contains("description")) {
       fail(file, where,
@@ -414,7 +461,11 @@ ParsedFile parse_content(std::string_view bytes, const std::string& file) {
   std::string whole_reason;
   std::size_t whole_offset = 0;
   try {
-    whole = Json::parse(body);
+    whole = parse_json_strict<Json>(body);
+  } catch (const DuplicateJsonKey& error) {
+    const LineColumn at = line_column_at(bytes, start + error.offset);
+    fail(file, "line " + std::to_string(at.line) + ", column " + std::to_string(at.column),
+         "invalid JSON: " + std::string(error.what()));
   } catch (const Json::parse_error& error) {
     whole_reason = parse_error_reason(error);
     whole_offset = parse_error_offset(error, body.size());
@@ -447,51 +498,133 @@ ParsedFile parse_content(std::string_view bytes, const std::string& file) {
   fail(file, "line " + std::to_string(at.line) + ", column " + std::to_string(at.column), "invalid JSON: " + reason);
 }
 
-// Rows of the previous version of a batch, by content, for reuse on update.
-using ReusableRows = std::map<std::tuple<std::int64_t, std::string, std::string>, std::vector<std::int64_t>>;
+// A question is (cluster, text), an answer (cluster, variant, text).
+using QuestionKey = std::pair<std::int64_t, std::string>;
+using AnswerKey = std::tuple<std::int64_t, std::string, std::string>;
 
-ReusableRows existing_rows(sqlite3* db, const char* table, const char* kind_column,
-                                           std::int64_t batch_id) {
-  sqlite::Statement select(db, std::string("SELECT id, cluster_id, text, ") + kind_column + " FROM " + table +
-                                   " WHERE batch_id = ?1 ORDER BY id");
-  select.bind(1, batch_id);
-  ReusableRows rows;
-  while (select.step()) {
-    rows[{select.column_int(1), select.column_text(2), select.column_text(3)}].push_back(select.column_int(0));
+struct OwnQuestion {
+  std::int64_t id;
+  std::string length_type;
+};
+
+// Rows of one cluster that other batches (or no batch) brought.
+struct OthersRows {
+  std::unordered_set<std::string> questions;
+  std::map<std::string, std::pair<std::string, std::string>> answers;  // variant -> (text, its file)
+};
+
+OthersRows others_rows(sqlite3* db, std::int64_t cluster_id, std::int64_t batch_id) {
+  OthersRows rows;
+  sqlite::Statement questions(db, "SELECT text FROM questions WHERE cluster_id = ?1 AND batch_id IS NOT ?2");
+  questions.bind(1, cluster_id).bind(2, batch_id);
+  while (questions.step()) rows.questions.insert(questions.column_text(0));
+  sqlite::Statement answers(db,
+                            "SELECT a.variant, a.text, coalesce(b.file, '') FROM answers a "
+                            "LEFT JOIN import_batches b ON b.id = a.batch_id "
+                            "WHERE a.cluster_id = ?1 AND a.batch_id IS NOT ?2 ORDER BY a.id");
+  answers.bind(1, cluster_id).bind(2, batch_id);
+  while (answers.step()) {
+    rows.answers.emplace(answers.column_text(0), std::make_pair(answers.column_text(1), answers.column_text(2)));
   }
-  // Hand out the oldest id first so re-imports keep the original order.
-  for (auto& [key, ids] : rows) std::reverse(ids.begin(), ids.end());
   return rows;
 }
 
-struct RowToWrite {
-  std::int64_t cluster_id;
-  const std::string* text;
-  const std::string* kind;
+struct SyncCounts {
+  std::int64_t added = 0, removed = 0, changed = 0, duplicate_questions = 0, duplicate_answers = 0;
 };
 
-// Keeps rows whose content is unchanged, inserts new ones, deletes the rest.
-void replace_rows(sqlite3* db, const char* table, const char* kind_column, std::int64_t batch_id,
-                  const std::vector<RowToWrite>& rows) {
-  auto reusable = existing_rows(db, table, kind_column, batch_id);
-  sqlite::Statement insert(db, std::string("INSERT INTO ") + table + "(cluster_id, text, " + kind_column +
-                                   ", batch_id) VALUES (?1, ?2, ?3, ?4)");
-  for (const RowToWrite& row : rows) {
-    const auto it = reusable.find({row.cluster_id, *row.text, *row.kind});
-    if (it != reusable.end() && !it->second.empty()) {
-      it->second.pop_back();
-      continue;
+// Makes the batch's rows what the file says: keeps rows whose content is
+// unchanged (ids, so embeddings, survive), skips what other batches already
+// hold, refuses a conflicting answer, inserts the rest and deletes the
+// batch's rows the file no longer has.
+SyncCounts sync_rows(sqlite3* db, std::int64_t batch_id, const ParsedFile& parsed,
+                     const std::vector<std::int64_t>& cluster_ids, const std::vector<bool>& new_cluster,
+                     const std::string& display) {
+  SyncCounts counts;
+  std::map<QuestionKey, std::vector<OwnQuestion>> own_questions;
+  std::map<AnswerKey, std::vector<std::int64_t>> own_answers;
+  {
+    sqlite::Statement select(db, "SELECT id, cluster_id, text, length_type FROM questions WHERE batch_id = ?1 "
+                                 "ORDER BY id DESC");
+    select.bind(1, batch_id);
+    // Newest first, so pop_back hands out the oldest id and order is kept.
+    while (select.step()) {
+      own_questions[{select.column_int(1), select.column_text(2)}].push_back(
+          {select.column_int(0), select.column_text(3)});
     }
-    insert.reset();
-    insert.bind(1, row.cluster_id).bind(2, *row.text).bind(3, *row.kind).bind(4, batch_id).run();
+    sqlite::Statement answers(db, "SELECT id, cluster_id, variant, text FROM answers WHERE batch_id = ?1 "
+                                  "ORDER BY id DESC");
+    answers.bind(1, batch_id);
+    while (answers.step()) {
+      own_answers[{answers.column_int(1), answers.column_text(2), answers.column_text(3)}].push_back(
+          answers.column_int(0));
+    }
   }
-  sqlite::Statement remove(db, std::string("DELETE FROM ") + table + " WHERE id = ?1");
-  for (const auto& [key, ids] : reusable) {
+  sqlite::Statement insert_question(
+      db, "INSERT INTO questions(cluster_id, text, length_type, batch_id) VALUES (?1, ?2, ?3, ?4)");
+  sqlite::Statement update_length(db, "UPDATE questions SET length_type = ?2 WHERE id = ?1");
+  sqlite::Statement insert_answer(
+      db, "INSERT INTO answers(cluster_id, text, variant, batch_id) VALUES (?1, ?2, ?3, ?4)");
+  for (std::size_t c = 0; c < parsed.clusters.size(); ++c) {
+    const ParsedCluster& cluster = parsed.clusters[c];
+    const std::int64_t cluster_id = cluster_ids[c];
+    const OthersRows others = new_cluster[c] ? OthersRows{} : others_rows(db, cluster_id, batch_id);
+    for (const ParsedQuestion& q : cluster.questions) {
+      const auto own = own_questions.find({cluster_id, q.text});
+      if (own != own_questions.end() && !own->second.empty()) {
+        if (own->second.back().length_type != q.length_type) {
+          update_length.reset();
+          update_length.bind(1, own->second.back().id).bind(2, q.length_type).run();
+          ++counts.changed;
+        }
+        own->second.pop_back();
+      } else if (others.questions.count(q.text) > 0) {
+        ++counts.duplicate_questions;
+      } else {
+        insert_question.reset();
+        insert_question.bind(1, cluster_id).bind(2, q.text).bind(3, q.length_type).bind(4, batch_id).run();
+        ++counts.added;
+      }
+    }
+    for (const ParsedAnswer& a : cluster.answers) {
+      const auto own = own_answers.find({cluster_id, a.variant, a.text});
+      const auto other = others.answers.find(a.variant);
+      if (own != own_answers.end() && !own->second.empty()) {
+        own->second.pop_back();
+      } else if (other != others.answers.end() && other->second.first == a.text) {
+        ++counts.duplicate_answers;
+      } else if (other != others.answers.end()) {
+        const std::string& source = other->second.second;
+        fail(display, a.where,
+             field_error(a.field, "cluster " + json_quoted(cluster.external_id) + " already has a different " +
+                                      json_quoted(a.variant) + " answer, from " +
+                                      (source.empty() ? std::string("rows not imported from a file") : source) +
+                                      "; a cluster has one answer per variant: change it in that file and "
+                                      "re-import it, or remove this one"));
+      } else {
+        insert_answer.reset();
+        insert_answer.bind(1, cluster_id).bind(2, a.text).bind(3, a.variant).bind(4, batch_id).run();
+        ++counts.added;
+      }
+    }
+  }
+  sqlite::Statement remove_question(db, "DELETE FROM questions WHERE id = ?1");
+  for (const auto& [key, rows] : own_questions) {
+    for (const OwnQuestion& row : rows) {
+      remove_question.reset();
+      remove_question.bind(1, row.id).run();
+      ++counts.removed;
+    }
+  }
+  sqlite::Statement remove_answer(db, "DELETE FROM answers WHERE id = ?1");
+  for (const auto& [key, ids] : own_answers) {
     for (const std::int64_t id : ids) {
-      remove.reset();
-      remove.bind(1, id).run();
+      remove_answer.reset();
+      remove_answer.bind(1, id).run();
+      ++counts.removed;
     }
   }
+  return counts;
 }
 
 std::int64_t cluster_rows(sqlite3* db, std::int64_t cluster_id) {
@@ -505,6 +638,10 @@ std::int64_t cluster_rows(sqlite3* db, std::int64_t cluster_id) {
 
 }  // namespace
 
+bool is_known_question_length(std::string_view length) {
+  return length.empty() || length == "short" || length == "medium" || length == "long";
+}
+
 ImportReport import_file(Store& store, const fs::path& file) {
   const std::string display = file.string();
   const std::string bytes = read_whole_file(file);
@@ -515,6 +652,8 @@ ImportReport import_file(Store& store, const fs::path& file) {
   report.clusters = static_cast<std::int64_t>(parsed.clusters.size());
   report.questions = parsed.questions;
   report.answers = parsed.answers;
+  report.held_out = parsed.held_out;
+  report.duplicate_questions = parsed.duplicate_questions;
 
   Store::Impl& impl = store.impl();
   if (impl.read_only) throw Error("importing " + display + ": database " + impl.path.string() + " is read-only");
@@ -522,16 +661,24 @@ ImportReport import_file(Store& store, const fs::path& file) {
   sqlite::Transaction transaction(db, sqlite::Transaction::Kind::Write);
 
   std::int64_t batch_id = 0;
+  bool same_content = false;  // this path was imported with these bytes
   {
     sqlite::Statement find(db, "SELECT id, sha256 FROM import_batches WHERE file = ?1");
     find.bind(1, report.file);
     if (find.step()) {
       batch_id = find.column_int(0);
-      if (find.column_text(1) == report.sha256) {
-        report.outcome = ImportOutcome::Unchanged;
+      same_content = find.column_text(1) == report.sha256;
+      report.outcome = same_content ? ImportOutcome::Unchanged : ImportOutcome::Updated;
+    } else {
+      // A copy of an imported file adds nothing: keying batches by path
+      // alone would store every question and answer twice.
+      sqlite::Statement twin(db, "SELECT file FROM import_batches WHERE sha256 = ?1 ORDER BY id LIMIT 1");
+      twin.bind(1, report.sha256);
+      if (twin.step()) {
+        report.outcome = ImportOutcome::AlreadyImported;
+        report.same_as = twin.column_text(0);
         return report;  // the transaction rolls back: nothing was written
       }
-      report.outcome = ImportOutcome::Updated;
     }
   }
   const std::string now = store_detail::utc_now();
@@ -540,7 +687,7 @@ ImportReport import_file(Store& store, const fs::path& file) {
                              "UPDATE import_batches SET sha256 = ?2, status = 'imported', imported_at = ?3 "
                              "WHERE id = ?1");
     update.bind(1, batch_id).bind(2, report.sha256).bind(3, now).run();
-  } else {
+  } else if (report.outcome == ImportOutcome::Imported) {
     sqlite::Statement insert(db,
                              "INSERT INTO import_batches(file, sha256, status, imported_at) "
                              "VALUES (?1, ?2, 'imported', ?3)");
@@ -549,6 +696,7 @@ ImportReport import_file(Store& store, const fs::path& file) {
   }
 
   std::vector<std::int64_t> cluster_ids;
+  std::vector<bool> new_cluster;
   cluster_ids.reserve(parsed.clusters.size());
   {
     sqlite::Statement find(db, "SELECT id FROM clusters WHERE external_id = ?1");
@@ -564,27 +712,33 @@ ImportReport import_file(Store& store, const fs::path& file) {
       if (find.step()) {
         const std::int64_t id = find.column_int(0);
         cluster_ids.push_back(id);
-        update.reset();
-        update.bind(1, id).bind(2, cluster.name).bind(3, cluster.description).run();
+        new_cluster.push_back(false);
+        // Unchanged bytes say nothing new: a name given since by another
+        // file stays.
+        if (!same_content) {
+          update.reset();
+          update.bind(1, id).bind(2, cluster.name).bind(3, cluster.description).run();
+        }
       } else {
         insert.reset();
         insert.bind(1, cluster.external_id).bind(2, cluster.name).bind(3, cluster.description).run();
         cluster_ids.push_back(sqlite3_last_insert_rowid(db));
+        new_cluster.push_back(true);
       }
     }
   }
 
-  std::vector<RowToWrite> questions, answers;
-  for (std::size_t c = 0; c < parsed.clusters.size(); ++c) {
-    for (const ParsedQuestion& q : parsed.clusters[c].questions) {
-      questions.push_back({cluster_ids[c], &q.text, &q.length_type});
-    }
-    for (const ParsedAnswer& a : parsed.clusters[c].answers) {
-      answers.push_back({cluster_ids[c], &a.text, &a.variant});
-    }
+  const SyncCounts counts = sync_rows(db, batch_id, parsed, cluster_ids, new_cluster, display);
+  report.duplicate_questions += counts.duplicate_questions;
+  report.duplicate_answers = counts.duplicate_answers;
+  report.rows_added = counts.added;
+  report.rows_removed = counts.removed;
+  if (same_content) {
+    // Only rows that another file brought first and has dropped since can be
+    // missing; with none, nothing is written.
+    if (counts.added + counts.removed + counts.changed == 0) return report;
+    report.outcome = ImportOutcome::Updated;
   }
-  replace_rows(db, "questions", "length_type", batch_id, questions);
-  replace_rows(db, "answers", "variant", batch_id, answers);
 
   // A record that only names a cluster must name one that has content.
   for (std::size_t c = 0; c < parsed.clusters.size(); ++c) {
@@ -592,7 +746,8 @@ ImportReport import_file(Store& store, const fs::path& file) {
       fail(display, parsed.clusters[c].where,
            "cluster " + json_quoted(parsed.clusters[c].external_id) +
                " has no questions or answers in this file and none in the database; "
-               "import its questions and answers first or remove this record");
+               "import its questions and answers first or remove this record "
+               "(\"novel\" questions are held out and not imported)");
     }
   }
   // An update may have taken the last rows of a cluster away.

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <map>
 #include <set>
 #include <nlohmann/json.hpp>
@@ -452,6 +453,10 @@ Store Store::open(const fs::path& db_path) {
   if (fs::is_directory(db_path, ec)) {
     throw InputError(db_path.string() + " is a directory; give --db a database file name");
   }
+  if (fs::exists(db_path, ec) && !fs::is_regular_file(db_path, ec)) {
+    throw InputError(db_path.string() + " is not a regular file (a device, pipe or socket); give --db a "
+                     "database file name");
+  }
   if (const std::string why = why_not_writable(db_path); !why.empty()) {
     if (!fs::exists(db_path, ec)) {
       throw InputError("cannot create database " + db_path.string() + ": " + why +
@@ -475,6 +480,13 @@ Store Store::open(const fs::path& db_path) {
 
 Store Store::open_read_only(const fs::path& db_path) {
   std::error_code ec;
+  if (fs::is_directory(db_path, ec)) {
+    throw InputError(db_path.string() + " is a directory, not a database; give --db the database file");
+  }
+  if (fs::exists(db_path, ec) && !fs::is_regular_file(db_path, ec)) {
+    throw InputError(db_path.string() + " is not a regular file (a device, pipe or socket), so not a database; "
+                     "give --db the database file");
+  }
   if (!fs::is_regular_file(db_path, ec)) {
     throw InputError("no database at " + db_path.string() + "; create one with `ldaproj import --db " +
                      db_path.string() + " FILE`");
@@ -1266,6 +1278,115 @@ StoreStats Store::stats() const {
   stats.schema_version = schema::user_version(db);
   snapshot.commit();
   return stats;
+}
+
+Staleness Store::staleness(const std::string& projection_name) const {
+  sqlite3* db = impl_->db;
+  Transaction snapshot(db, Transaction::Kind::Read);
+  Staleness out;
+  std::int64_t model_id = 0, projection_id = 0;
+  std::string metrics;
+  {
+    Statement select(db, "SELECT p.id, p.name, p.model_id, m.name, p.metrics_json FROM projections p "
+                         "JOIN embedding_models m ON m.id = p.model_id " +
+                             std::string(projection_name.empty() ? "WHERE p.active = 1 ORDER BY p.id DESC LIMIT 1"
+                                                                 : "WHERE p.name = ?1"));
+    if (!projection_name.empty()) select.bind(1, projection_name);
+    if (select.step()) {
+      projection_id = select.column_int(0);
+      out.projection = select.column_text(1);
+      model_id = select.column_int(2);
+      out.model = select.column_text(3);
+      metrics = select.column_text(4);
+    } else {
+      Statement first(db, "SELECT id, name FROM embedding_models ORDER BY id LIMIT 1");
+      if (first.step()) {
+        model_id = first.column_int(0);
+        out.model = first.column_text(1);
+      }
+    }
+  }
+  // Embeddings go with their rows (ON DELETE CASCADE), so the difference of
+  // two counts is the number of texts without one.
+  auto count = [db](const std::string& sql, std::int64_t a = 0, std::int64_t b = 0, std::int64_t c = 0) {
+    Statement statement(db, sql);
+    if (sql.find("?1") != std::string::npos) statement.bind(1, a);
+    if (sql.find("?2") != std::string::npos) statement.bind(2, b);
+    if (sql.find("?3") != std::string::npos) statement.bind(3, c);
+    statement.step();
+    return statement.column_int(0);
+  };
+  out.questions_without_embedding =
+      count_rows(db, "questions") - count("SELECT count(*) FROM question_embeddings WHERE model_id = ?1", model_id);
+  out.answers_without_embedding =
+      count_rows(db, "answers") - count("SELECT count(*) FROM answer_embeddings WHERE model_id = ?1", model_id);
+  if (projection_id == 0) {
+    snapshot.commit();
+    return out;
+  }
+  // train skips a cluster without questions or without an answer.
+  out.clusters_without_head = count(
+      "SELECT count(*) FROM clusters c WHERE NOT EXISTS (SELECT 1 FROM projection_heads h "
+      "WHERE h.projection_id = ?1 AND h.cluster_id = c.id) "
+      "AND EXISTS (SELECT 1 FROM questions q WHERE q.cluster_id = c.id) "
+      "AND EXISTS (SELECT 1 FROM answers a WHERE a.cluster_id = c.id)",
+      projection_id);
+  // A new or re-worded row gets an id above the largest one training saw
+  // (the importer inserts before it deletes); a removed question changes
+  // the head's question count.
+  std::int64_t last_question = std::numeric_limits<std::int64_t>::max();
+  std::int64_t last_answer = std::numeric_limits<std::int64_t>::max();
+  const nlohmann::json parsed = nlohmann::json::parse(metrics, nullptr, false);
+  if (parsed.is_object() && parsed.contains("trained_on") && parsed["trained_on"].is_object()) {
+    const nlohmann::json& on = parsed["trained_on"];
+    if (on.contains("last_question_id") && on["last_question_id"].is_number_integer()) {
+      last_question = on["last_question_id"].get<std::int64_t>();
+    }
+    if (on.contains("last_answer_id") && on["last_answer_id"].is_number_integer()) {
+      last_answer = on["last_answer_id"].get<std::int64_t>();
+    }
+  }
+  out.clusters_changed = count(
+      "SELECT count(*) FROM projection_heads h WHERE h.projection_id = ?1 AND ("
+      "h.num_questions <> (SELECT count(*) FROM questions q WHERE q.cluster_id = h.cluster_id) "
+      "OR EXISTS (SELECT 1 FROM questions q WHERE q.cluster_id = h.cluster_id AND q.id > ?2) "
+      "OR EXISTS (SELECT 1 FROM answers a WHERE a.cluster_id = h.cluster_id AND a.id > ?3))",
+      projection_id, last_question, last_answer);
+  snapshot.commit();
+  return out;
+}
+
+std::vector<std::string> describe_staleness(const Staleness& s, const std::string& db_path) {
+  std::vector<std::string> lines;
+  auto plural = [](std::int64_t n, const char* one, const char* many) {
+    return std::to_string(n) + " " + (n == 1 ? one : many);
+  };
+  const std::string embed = "`ldaproj embed --db " + db_path + "`";
+  const std::string train = "`ldaproj train --db " + db_path + "`";
+  const std::int64_t texts = s.questions_without_embedding + s.answers_without_embedding;
+  if (texts > 0) {
+    std::string what;
+    if (s.questions_without_embedding > 0) what = plural(s.questions_without_embedding, "question", "questions");
+    if (s.answers_without_embedding > 0) {
+      what += (what.empty() ? "" : " and ") + plural(s.answers_without_embedding, "answer", "answers");
+    }
+    lines.push_back(what + (texts == 1 ? " has" : " have") + " no " +
+                    (s.model.empty() ? std::string("embedding yet") : "\"" + s.model + "\" embedding") +
+                    (s.answers_without_embedding > 0 ? " (a cluster whose answer has none is left out of results)"
+                                                     : "") +
+                    ": run " + embed + (s.projection.empty() ? "" : ", then " + train));
+  }
+  if (s.clusters_without_head > 0) {
+    lines.push_back(plural(s.clusters_without_head, "cluster has", "clusters have") + " no head in projection \"" +
+                    s.projection + "\" (imported after it was trained), so routing cannot reach " +
+                    (s.clusters_without_head == 1 ? "it" : "them") + ": run " + train);
+  }
+  if (s.clusters_changed > 0) {
+    lines.push_back(plural(s.clusters_changed, "cluster's", "clusters'") +
+                    " questions or answers changed after projection \"" + s.projection +
+                    "\" was trained (its heads hold the old ones): run " + train);
+  }
+  return lines;
 }
 
 }  // namespace ldaproj

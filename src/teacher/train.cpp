@@ -3,6 +3,7 @@
 // keys (or several sub-keys per head, and a query adapter) from the
 // questions, and saves them as a projection; and how a stored projection's
 // keys, answers and adapter are laid out for routing (projection_routing).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -159,6 +160,11 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
   say("loading embeddings");
   EmbeddingSet q_emb = store.embeddings(model->id, EntityKind::Question);
   EmbeddingSet a_emb = store.embeddings(model->id, EntityKind::Answer);
+  // What this projection was trained on, for Store::staleness: rows added
+  // or re-worded later get larger ids.
+  const nlohmann::json trained_on{
+      {"last_question_id", q_emb.ids.empty() ? 0 : *std::max_element(q_emb.ids.begin(), q_emb.ids.end())},
+      {"last_answer_id", a_emb.ids.empty() ? 0 : *std::max_element(a_emb.ids.begin(), a_emb.ids.end())}};
   const auto q_row = row_of(q_emb);
   const auto a_row = row_of(a_emb);
 
@@ -387,6 +393,7 @@ TeacherTrainReport train_teacher(Store& store, const std::string& model_name,
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   metrics["seconds"] = report.seconds;
+  metrics["trained_on"] = trained_on;
   projection.metrics_json = metrics.dump();
   say("saving the projection");
   report.saved = store.save_projection_as(projection, options.existing);
