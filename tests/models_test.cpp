@@ -15,6 +15,7 @@
 #include "ldaproj/error.hpp"
 #include "ldaproj/fingerprint.hpp"
 #include "ldaproj/search.hpp"
+#include "ldaproj/server.hpp"
 #include "ldaproj/store.hpp"
 #include "ldaproj/student.hpp"
 #include "ldaproj/train.hpp"
@@ -139,6 +140,15 @@ TEST_F(Models, AForeignStudentIsRefusedAndTheStoreIsUnchangedUnlessForced) {
   EXPECT_EQ(forced->teacher, TeacherMatch::Differs);
   EXPECT_TRUE(forced->forced);
   EXPECT_HAS(forced->detail, "another cluster set");
+  // The server serves it, flagged: a warning at start and in /v1/info.
+  ServerOptions served_options;
+  served_options.db = big;
+  served_options.port = 0;
+  const Server server(served_options);
+  std::string warnings;
+  for (const std::string& w : server.served().warnings) warnings += w + "\n";
+  EXPECT_HAS(warnings, "the student of projection \"multi_head_all-MiniLM-L6-v2\" was distilled from another teacher "
+                       "(imported with --force)");
 }
 
 TEST_F(Models, AStudentWithoutAFingerprintNeedsForce) {

@@ -28,6 +28,7 @@
 
 #include "ldaproj/encoder.hpp"
 #include "ldaproj/error.hpp"
+#include "ldaproj/fingerprint.hpp"
 #include "ldaproj/search.hpp"
 #include "ldaproj/store.hpp"
 #include "serve/api.hpp"
@@ -98,6 +99,10 @@ struct ClusterInfo {
 struct MethodInfo {
   Method method;
   bool routing = false;  // returns routing weights (and so depends on temperature)
+  // Students and ensembles: "matches", or "differs" / "unknown" when it is
+  // not known to be distilled from the served projection; shown, never hidden.
+  std::string teacher;
+  bool forced = false;  // imported with --force
 };
 
 // One loaded projection. Immutable once published; shared by the requests
@@ -222,7 +227,7 @@ struct Server::Impl final : serve::HttpHandler {
       o.routing_top = 1;
       try {
         const auto r = m->searcher.search(probe, o);
-        m->methods.push_back({method, !r.empty() && !r.front().routing.empty()});
+        m->methods.push_back({method, !r.empty() && !r.front().routing.empty(), "", false});
         info.methods.emplace_back(to_string(method));
       } catch (const std::exception&) {
         // Not available on this store (e.g. not trained); not offered.
@@ -257,6 +262,25 @@ struct Server::Impl final : serve::HttpHandler {
     }
     m->staleness = m->store.staleness(info.projection);
     info.warnings = describe_staleness(m->staleness, options.db.string());
+    for (MethodInfo& mi : m->methods) {
+      const bool student = mi.method == Method::Student;
+      if (!student && mi.method != Method::Ensemble) continue;
+      const std::optional<Provenance> p =
+          student ? m->searcher.student_provenance() : m->searcher.ensemble_provenance();
+      if (!p) continue;
+      mi.teacher = std::string(to_string(p->teacher));
+      mi.forced = p->forced;
+      if (p->teacher == TeacherMatch::Matches) continue;
+      const std::string what = student ? "student" : "ensemble";
+      info.warnings.push_back(
+          "the " + what + " of projection \"" + info.projection + "\" " +
+          (p->teacher == TeacherMatch::Differs
+               ? "was distilled from another teacher" + std::string(p->forced ? " (imported with --force)" : "") +
+                     (p->detail.empty() ? "" : ": " + p->detail)
+               : "has no record of the teacher it was distilled from") +
+          "; its answers may not match the teacher's (method " + what + " is flagged \"teacher\": \"" +
+          mi.teacher + "\" in responses); distill it again with `ldaproj distill --db " + options.db.string() + "`");
+    }
     m->loaded_at = unix_seconds();
     return m;
   }
@@ -505,6 +529,7 @@ struct Server::Impl final : serve::HttpHandler {
     const auto results = m->searcher.search(queries_of(in), o);
 
     json out{{"projection", m->info.projection}, {"method", to_string(o.method)}};
+    if (!method.teacher.empty() && method.teacher != "matches") out["teacher"] = method.teacher;
     if (method.routing) out["temperature"] = tidy(shown_temperature(o, *m));
     if (o.reject_below) out["reject_below"] = tidy(*o.reject_below);
     echo_blends(out, o, blends);
@@ -543,6 +568,7 @@ struct Server::Impl final : serve::HttpHandler {
     const auto results = m->searcher.search(queries_of(in), o);
 
     json out{{"projection", m->info.projection}, {"method", to_string(o.method)}};
+    if (!method.teacher.empty() && method.teacher != "matches") out["teacher"] = method.teacher;
     if (method.routing) out["temperature"] = tidy(shown_temperature(o, *m));
     echo_blends(out, o, blends);
     auto one = [&](std::size_t i) {
@@ -580,7 +606,12 @@ struct Server::Impl final : serve::HttpHandler {
   json info_json(const LoadedModel& m) const {
     json methods = json::array();
     for (const MethodInfo& mi : m.methods) {
-      methods.push_back({{"name", to_string(mi.method)}, {"routing", mi.routing}});
+      json entry{{"name", to_string(mi.method)}, {"routing", mi.routing}};
+      if (!mi.teacher.empty()) {
+        entry["teacher"] = mi.teacher;
+        entry["forced"] = mi.forced;
+      }
+      methods.push_back(std::move(entry));
     }
     return {{"projection", m.info.projection},
             {"model", m.info.model},
