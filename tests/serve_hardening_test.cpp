@@ -350,6 +350,40 @@ TEST_F(ServeHardening, InfoAndStartWarnAboutWhatTheModelDoesNotServeYet) {
   EXPECT_NE(info.json_body["warnings"].dump().find("ldaproj embed"), std::string::npos) << info.body;
 }
 
+// The threshold validate chooses on a held-out file with out-of-scope
+// queries is stored with the projection and becomes query's and serve's default.
+TEST_F(ServeHardening, AThresholdChosenByValidateIsStoredAndUsedByQueryAndServe) {
+  using testing_support::run_cli;
+  const std::string db = db_.string();
+  const auto refused = run_cli("validate --db " + db + " --test " + testing_support::demo_file("heldout.json") +
+                               " --save-reject-threshold");
+  EXPECT_EQ(refused.code, 1) << refused.out;
+  const auto chosen = run_cli("validate --db " + db + " --test " +
+                              testing_support::demo_file("heldout_with_out_of_scope.jsonl") +
+                              " --methods multi-head --choose-reject-threshold --save-reject-threshold --json");
+  ASSERT_EQ(chosen.code, 0) << chosen.out;
+  const json report = json::parse(chosen.out.substr(chosen.out.find('{')));
+  const float threshold = report["saved_reject_threshold"]["value"].get<float>();
+  EXPECT_EQ(report["saved_reject_threshold"]["method"], "multi-head");
+  EXPECT_FLOAT_EQ(threshold, report["methods"]["multi_head"]["chosen_rejection"]["threshold"].get<float>());
+
+  const auto out_of_scope = run_cli("query --db " + db + " --json \"what is the weather on mars\"");
+  ASSERT_EQ(out_of_scope.code, 0) << out_of_scope.out;
+  EXPECT_NE(out_of_scope.out.find("\"rejected\":true"), std::string::npos) << out_of_scope.out;
+  const auto in_scope = run_cli("query --db " + db + " --json \"how do I reset my password\"");
+  EXPECT_NE(in_scope.out.find("\"rejected\":false"), std::string::npos) << in_scope.out;
+  const auto overridden = run_cli("query --db " + db + " --json --reject-below 2 \"how do I reset my password\"");
+  EXPECT_NE(overridden.out.find("\"rejected\":true"), std::string::npos) << overridden.out;
+
+  start();
+  const RawReply info = one("GET /v1/info HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  EXPECT_FLOAT_EQ(info.json_body["default_reject_below"].get<float>(), threshold) << info.body;
+  const std::string body = R"({"text": "what is the weather on mars"})";
+  const RawReply r = one("POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Length: " +
+                         std::to_string(body.size()) + "\r\n\r\n" + body);
+  EXPECT_TRUE(r.json_body.value("rejected", false)) << r.body;
+}
+
 TEST(RequestPolicy, HostsOriginsAndBearerTokens) {
   using namespace serve;
   EXPECT_EQ(host_of_authority("Example.COM:8080"), "example.com");

@@ -179,6 +179,10 @@ struct Staleness {
   }
 };
 
+// The threshold save_reject_threshold stored in a projection's metrics JSON;
+// nullopt when there is none.
+std::optional<float> stored_reject_threshold(const std::string& metrics_json);
+
 // One sentence per finding, naming the count and the command that fixes it
 // (with `--db db_path`); empty when nothing is stale.
 std::vector<std::string> describe_staleness(const Staleness& staleness, const std::string& db_path);
@@ -251,6 +255,12 @@ class Store {
   // left becomes active). InputError listing the projections for unknown names.
   DeletedProjection delete_projection(const std::string& name, const std::string& activate = {},
                                       bool force = false);
+  // Stores an out-of-scope threshold with the named projection (its metrics
+  // JSON, "reject_below"), chosen on `chosen_on` (a held-out file) by
+  // `validate --choose-reject-threshold --save-reject-threshold`; query and
+  // serve use it when not given one. One transaction; InputError for an
+  // unknown projection or a non-finite threshold.
+  void save_reject_threshold(const std::string& projection, float threshold, const std::string& chosen_on);
   // The named (or active) projection's fingerprint; nullopt without one.
   std::optional<Fingerprint> projection_fingerprint(const std::string& name = {}) const;
   // The named projection, or the active one when name is empty; nullopt if none.

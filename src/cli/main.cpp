@@ -611,7 +611,14 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
   options.question_neighbors = teacher.question_neighbors;
   options.blend_questions = teacher.blend_questions;
   options.blend_direct = teacher.blend_direct;
-  options.reject_below = f.reject_below;
+  std::optional<float> reject_below = f.reject_below;
+  if (!reject_below) {
+    // The threshold `validate --save-reject-threshold` stored with the projection.
+    for (const Projection& p : store.projections()) {
+      if (p.name == searcher.projection_name()) reject_below = stored_reject_threshold(p.metrics_json);
+    }
+  }
+  options.reject_below = reject_below;
   // A forced import answers, but never without saying whose student it is.
   if (options.method == Method::Student || options.method == Method::Ensemble) {
     const auto provenance =
@@ -631,7 +638,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
     const QueryResult& r = results[i];
     if (f.as_json) {
       json out{{"query", texts[i]}, {"method", to_string(options.method)}, {"answers", json::array()}};
-      if (f.reject_below) {
+      if (reject_below) {
         out["confidence"] = r.confidence;
         out["rejected"] = r.rejected;
       }
@@ -653,9 +660,9 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
     }
     std::printf("query: %s\n", texts[i].c_str());
     if (r.rejected) {
-      std::printf("  no answer: out of scope (confidence %.3f < %g)\n", r.confidence, *f.reject_below);
-    } else if (f.reject_below) {
-      std::printf("  (confidence %.3f >= %g)\n", r.confidence, *f.reject_below);
+      std::printf("  no answer: out of scope (confidence %.3f < %g)\n", r.confidence, *reject_below);
+    } else if (reject_below) {
+      std::printf("  (confidence %.3f >= %g)\n", r.confidence, *reject_below);
     }
     for (std::size_t k = 0; k < r.answers.size(); ++k) {
       const auto& a = r.answers[k];
@@ -682,7 +689,7 @@ int run_query(const std::string& db, const EncoderFlags& enc, const TeacherFlags
 struct ValidateFlags {
   std::string test_file, sweep, sweep_question, sweep_route_k, methods, projection, reject_below, cache;
   std::optional<float> temperature;
-  bool as_json = false, choose_reject = false;
+  bool as_json = false, choose_reject = false, save_reject = false;
 };
 
 // --reject-below: one threshold for every method ("0.5") or per method
@@ -776,6 +783,9 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   }
   if (out_of_scope == tests.size()) {
     throw InputError(f.test_file + ": every query is out of scope; retrieval needs in-scope queries too");
+  }
+  if (f.save_reject && !f.choose_reject) {
+    throw InputError("--save-reject-threshold saves what --choose-reject-threshold chooses; give both");
   }
   if (f.choose_reject && out_of_scope == 0) {
     throw InputError("--choose-reject-threshold needs out-of-scope queries ({\"query\", \"out_of_scope\": true} "
@@ -923,6 +933,25 @@ int run_validate(const std::string& db, const EncoderFlags& enc, const TeacherFl
   }
   if (answer_recall) out["answer_index"] = {{"kind", "hnsw"}, {"recall_at_10", *answer_recall}};
   if (!warnings.empty()) out["warnings"] = warnings;
+  if (f.save_reject) {
+    // multi-head's choice when it was scored (what query and serve default
+    // to), else the first method's.
+    const Row* chosen = nullptr;
+    for (const Row& row : table) {
+      if (row.chosen && (!chosen || row.method == Method::MultiHead)) chosen = &row;
+    }
+    if (!chosen) throw InputError("--save-reject-threshold: no threshold was chosen");
+    Store writer = Store::open(db);
+    writer.save_reject_threshold(searcher.projection_name(), chosen->chosen->threshold, f.test_file);
+    out["saved_reject_threshold"] = {{"value", chosen->chosen->threshold},
+                                     {"method", std::string(to_string(chosen->method))},
+                                     {"projection", searcher.projection_name()}};
+    if (!f.as_json) {
+      std::printf("saved the %s threshold %.4g with projection \"%s\": query and serve use it when given none\n",
+                  std::string(to_string(chosen->method)).c_str(), chosen->chosen->threshold,
+                  searcher.projection_name().c_str());
+    }
+  }
   if (f.as_json) {
     std::cout << out.dump() << "\n";
     return 0;
@@ -1343,7 +1372,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   query_cmd->add_option("--reject-below", qf.reject_below,
                         "Out-of-scope rejection: no answer when the query's confidence (largest cosine to a "
-                        "head's centroid; to a training question for question-routing) is below this")
+                        "head's centroid; to a training question for question-routing) is below this "
+                        "(default: the threshold `validate --save-reject-threshold` stored with the projection, "
+                        "if any)")
       ->check(finite_number());
   query_cmd->add_option("--top-k", qf.top_k, "Answers per query")->capture_default_str()->check(positive_number());
   query_cmd->add_option("--temperature", query_temperature, "Override the projection's temperature")->check(positive_number());
@@ -1379,6 +1410,9 @@ int main(int argc, char** argv) {
   validate_cmd->add_flag("--choose-reject-threshold", vf.choose_reject,
                          "Per method, the threshold that maximises in-scope accuracy + out-of-scope recall on this "
                          "file (run it on a validation split; needs out-of-scope queries)");
+  validate_cmd->add_flag("--save-reject-threshold", vf.save_reject,
+                         "With --choose-reject-threshold: store multi-head's chosen threshold with the projection, "
+                         "so query and serve reject below it unless given another");
   validate_cmd->add_option("--embedding-cache", vf.cache,
                            "File caching the held-out queries' embeddings (re-encoded when the texts or model change)");
   validate_cmd->add_option("--projection", vf.projection, "Projection name (default: the active one)");
@@ -1448,7 +1482,8 @@ int main(int argc, char** argv) {
   float serve_reject_below = 0.0f;
   auto* serve_reject = serve_cmd->add_option("--reject-below", serve_reject_below,
                                              "Default out-of-scope threshold for /v1/search requests without "
-                                             "reject_below (see `query --help`)")
+                                             "reject_below (default: the one `validate --save-reject-threshold` "
+                                             "stored with the projection, if any; see `query --help`)")
       ->check(finite_number());
   serve_cmd->add_option("--blend-questions", serve_options.blend_questions,
                         "multi-head: default of the request field blend_questions (see `query --help`)")

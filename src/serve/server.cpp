@@ -117,6 +117,7 @@ struct LoadedModel {
   std::string centroid_method, created_at;
   json training_metrics = json::object();  // what `train` stored with the projection
   Staleness staleness;                     // what the store has that this model does not serve
+  std::optional<float> stored_reject_below;  // saved by validate --save-reject-threshold
   double loaded_at = 0.0;
 
   // One thread per request: parallelism comes from concurrent requests, and
@@ -259,6 +260,7 @@ struct Server::Impl final : serve::HttpHandler {
       m->created_at = projection->created_at;
       const json stored = json::parse(projection->metrics_json, nullptr, false);
       if (stored.is_object()) m->training_metrics = stored;
+      m->stored_reject_below = stored_reject_threshold(projection->metrics_json);
     }
     m->staleness = m->store.staleness(info.projection);
     info.warnings = describe_staleness(m->staleness, options.db.string());
@@ -517,7 +519,9 @@ struct Server::Impl final : serve::HttpHandler {
     o.top_k = serve::read_count(body, "top_k", 5, 1, limits.max_top_k);
     set_temperature(o, serve::read_temperature(body));
     o.reject_below = serve::read_number(body, "reject_below");
-    if (!o.reject_below && !body.contains("reject_below")) o.reject_below = options.reject_below;
+    if (!o.reject_below && !body.contains("reject_below")) {
+      o.reject_below = options.reject_below ? options.reject_below : m->stored_reject_below;
+    }
     // Confidence costs a pass over the training questions, so a request
     // pays for it only when it asks or rejects.
     o.include_confidence = serve::read_flag(body, "include_confidence", false);
@@ -624,6 +628,9 @@ struct Server::Impl final : serve::HttpHandler {
             {"training_metrics", m.training_metrics},
             {"methods", methods},
             {"default_method", "multi-head"},
+            {"default_reject_below", options.reject_below   ? json(tidy(*options.reject_below))
+                                     : m.stored_reject_below ? json(tidy(*m.stored_reject_below))
+                                                             : json(nullptr)},
             {"blend_questions", tidy(options.blend_questions)},
             {"blend_direct", tidy(options.blend_direct)},
             {"generation", m.info.generation},

@@ -894,6 +894,33 @@ std::string list_names(const std::vector<Projection>& projections) {
 
 }  // namespace
 
+void Store::save_reject_threshold(const std::string& projection, float threshold, const std::string& chosen_on) {
+  require_writable(*impl_, "saving a rejection threshold");
+  if (!std::isfinite(threshold)) throw InputError("a rejection threshold must be a finite number");
+  sqlite3* db = impl_->db;
+  Transaction transaction(db, Transaction::Kind::Write);
+  const std::vector<Projection> all = read_projections(db);
+  const auto it = std::find_if(all.begin(), all.end(), [&](const Projection& p) { return p.name == projection; });
+  if (it == all.end()) {
+    throw InputError("no projection named \"" + projection + "\" in " + impl_->path.string() + "; " + list_names(all));
+  }
+  const nlohmann::json value{{"value", threshold}, {"chosen_on", chosen_on}, {"saved_at", store_detail::utc_now()}};
+  Statement update(db, "UPDATE projections SET metrics_json = json_set(metrics_json, '$.reject_below', json(?1)) "
+                       "WHERE id = ?2");
+  update.bind(1, value.dump()).bind(2, it->id).run();
+  transaction.commit();
+}
+
+std::optional<float> stored_reject_threshold(const std::string& metrics_json) {
+  const nlohmann::json metrics = nlohmann::json::parse(metrics_json, nullptr, false);
+  if (!metrics.is_object() || !metrics.contains("reject_below")) return std::nullopt;
+  const nlohmann::json& stored = metrics["reject_below"];
+  if (!stored.is_object() || !stored.contains("value") || !stored["value"].is_number()) return std::nullopt;
+  const float v = stored["value"].get<float>();
+  if (!std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
 std::string Store::activate_projection(const std::string& name) {
   require_writable(*impl_, "activating a projection");
   sqlite3* db = impl_->db;
