@@ -1188,6 +1188,11 @@ int run_serve(ServerOptions options, bool access_log) {
     std::fprintf(stderr, "warning: serving on %s without --api-key: anyone who can reach this address "
                  "can query the store\n", options.host.c_str());
   }
+  if ((options.host == "0.0.0.0" || options.host == "::") && options.allowed_hosts.empty()) {
+    std::fprintf(stderr, "note: listening on every address, but only requests whose Host is localhost, 127.0.0.1 "
+                 "or ::1 are answered (DNS-rebinding protection); add the names or addresses clients use with "
+                 "--allowed-host NAME\n");
+  }
   if (pipe(signal_pipe) != 0) throw Error("cannot create the signal pipe");
   fcntl(signal_pipe[1], F_SETFL, O_NONBLOCK);
   struct sigaction action {};
