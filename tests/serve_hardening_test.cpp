@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cli_support.hpp"
+#include "loopback_socket.hpp"
 #include "ldaproj/error.hpp"
 #include "ldaproj/server.hpp"
 #include "serve/request_policy.hpp"
@@ -27,18 +28,7 @@ namespace {
 
 using nlohmann::json;
 
-int connect_loopback(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+using testing_support::connect_loopback;
 
 struct RawReply {
   int status = 0;

@@ -827,15 +827,38 @@ SavedProjection Store::save_projection_as(const Projection& projection, Existing
   return saved;
 }
 
-std::optional<Projection> Store::load_projection(const std::string& name) const {
-  sqlite3* db = impl_->db;
-  Transaction snapshot(db, Transaction::Kind::Read);
-  // The most recently saved active projection when no name is given.
+namespace {
+
+std::string list_names(const std::vector<Projection>& all);  // below, with the projection commands
+
+// The projection of that name in `all`; InputError listing them otherwise.
+std::vector<Projection>::const_iterator find_named(const std::vector<Projection>& all, const std::string& name,
+                                                   const fs::path& db_path) {
+  const auto it = std::find_if(all.begin(), all.end(), [&](const Projection& p) { return p.name == name; });
+  if (it == all.end()) {
+    throw InputError("no projection named \"" + name + "\" in " + db_path.string() + "; " + list_names(all));
+  }
+  return it;
+}
+
+// The named projection's row, or the most recently saved active one when no
+// name is given; call inside a transaction.
+std::optional<Projection> select_projection_row(sqlite3* db, const std::string& name) {
   Statement select(db, std::string(kProjectionColumns) +
                            (name.empty() ? "WHERE p.active = 1 ORDER BY p.id DESC LIMIT 1" : "WHERE p.name = ?1"));
   if (!name.empty()) select.bind(1, name);
   if (!select.step()) return std::nullopt;
-  Projection projection = projection_from_row(select);
+  return projection_from_row(select);
+}
+
+}  // namespace
+
+std::optional<Projection> Store::load_projection(const std::string& name) const {
+  sqlite3* db = impl_->db;
+  Transaction snapshot(db, Transaction::Kind::Read);
+  std::optional<Projection> row = select_projection_row(db, name);
+  if (!row) return std::nullopt;
+  Projection projection = std::move(*row);
   const auto model = find_model(projection.model);
   const std::size_t dim = model ? model->dim : 0;
 
@@ -869,13 +892,10 @@ std::vector<Projection> Store::projections() const { return read_projections(imp
 std::optional<Fingerprint> Store::projection_fingerprint(const std::string& name) const {
   sqlite3* db = impl_->db;
   Transaction snapshot(db, Transaction::Kind::Read);
-  Statement select(db, std::string(kProjectionColumns) +
-                           (name.empty() ? "WHERE p.active = 1 ORDER BY p.id DESC LIMIT 1" : "WHERE p.name = ?1"));
-  if (!name.empty()) select.bind(1, name);
-  if (!select.step()) return std::nullopt;
-  Projection row = projection_from_row(select);
+  std::optional<Projection> row = select_projection_row(db, name);
+  if (!row) return std::nullopt;
   std::optional<Fingerprint> fingerprint =
-      row.fingerprint ? std::move(row.fingerprint) : load_projection(row.name)->fingerprint;
+      row->fingerprint ? std::move(row->fingerprint) : load_projection(row->name)->fingerprint;
   snapshot.commit();
   return fingerprint;
 }
@@ -900,10 +920,7 @@ void Store::save_reject_threshold(const std::string& projection, float threshold
   sqlite3* db = impl_->db;
   Transaction transaction(db, Transaction::Kind::Write);
   const std::vector<Projection> all = read_projections(db);
-  const auto it = std::find_if(all.begin(), all.end(), [&](const Projection& p) { return p.name == projection; });
-  if (it == all.end()) {
-    throw InputError("no projection named \"" + projection + "\" in " + impl_->path.string() + "; " + list_names(all));
-  }
+  const auto it = find_named(all, projection, impl_->path);
   const nlohmann::json value{{"value", threshold}, {"chosen_on", chosen_on}, {"saved_at", store_detail::utc_now()}};
   Statement update(db, "UPDATE projections SET metrics_json = json_set(metrics_json, '$.reject_below', json(?1)) "
                        "WHERE id = ?2");
@@ -926,10 +943,7 @@ std::string Store::activate_projection(const std::string& name) {
   sqlite3* db = impl_->db;
   Transaction transaction(db, Transaction::Kind::Write);
   const std::vector<Projection> all = read_projections(db);
-  const auto it = std::find_if(all.begin(), all.end(), [&](const Projection& p) { return p.name == name; });
-  if (it == all.end()) {
-    throw InputError("no projection named \"" + name + "\" in " + impl_->path.string() + "; " + list_names(all));
-  }
+  const auto it = find_named(all, name, impl_->path);
   std::string before;
   for (auto p = all.rbegin(); p != all.rend() && before.empty(); ++p)
     if (p->active) before = p->name;
@@ -950,10 +964,7 @@ DeletedProjection Store::delete_projection(const std::string& name, const std::s
   const auto find = [&](const std::string& n) {
     return std::find_if(all.begin(), all.end(), [&](const Projection& p) { return p.name == n; });
   };
-  const auto victim = find(name);
-  if (victim == all.end()) {
-    throw InputError("no projection named \"" + name + "\" in " + impl_->path.string() + "; " + list_names(all));
-  }
+  const auto victim = find_named(all, name, impl_->path);
   DeletedProjection out;
   out.name = name;
   Statement holds(db,

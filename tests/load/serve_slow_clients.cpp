@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "cli_support.hpp"
+#include "loopback_socket.hpp"
 
 namespace {
 
@@ -152,23 +153,11 @@ struct ServeProcess {
   }
 };
 
-int connect_to(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 // Sends `request` on a fresh connection; the status of the reply and the
 // milliseconds until its first line arrived (status 0: none within 5 s).
 std::pair<int, double> raw_exchange(int port, const std::string& request) {
-  const int fd = connect_to(port);
+  const int fd = ldaproj::testing_support::connect_loopback(port);
   if (fd < 0) return {0, 0};
   const auto start = Clock::now();
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
@@ -213,7 +202,7 @@ DripResults run_drips(int port, int count, double seconds) {
   DripResults results;
   auto open = [&](Drip& d, std::size_t i) {
     d = Drip{};
-    d.fd = connect_to(port);
+    d.fd = ldaproj::testing_support::connect_loopback(port);
     d.script = i % 2 == 0 ? header_drip : body_drip;
     d.opened = Clock::now();
     // The body drip sends its headers at once (so its body is what drips);
